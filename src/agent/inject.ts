@@ -1,0 +1,144 @@
+/**
+ * What rampack adds to the image's tree so it boots as an initramfs: the agent
+ * as /init, the image's runtime settings in /etc/rampack/image.json, the
+ * dropped extended attributes in /etc/rampack/xattrs.json, /dev/console and
+ * the mount points the agent needs. docs/initramfs-layout.md is the contract.
+ */
+import { InputError } from '../errors.ts';
+import type { Arch, ResolvedImage } from '../image/source.ts';
+import { compareTreePaths, displayPath, parentPath, type TreeEntry } from '../tree/entry.ts';
+
+/** Docker's PATH for images whose config sets none. */
+export const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+const IMAGE_JSON_SCHEMA_VERSION = 1;
+
+/** Directories the agent relies on, with the modes used when the image lacks them. */
+const REQUIRED_DIRS: ReadonlyArray<[path: string, mode: number]> = [
+  ['dev', 0o755],
+  ['etc', 0o755],
+  ['etc/rampack', 0o755],
+  ['proc', 0o555],
+  ['root', 0o700],
+  ['run', 0o755],
+  ['sys', 0o555],
+  ['tmp', 0o1777],
+];
+
+export interface ImageJson {
+  schemaVersion: number;
+  language: string;
+  version: string;
+  arch: Arch;
+  image: { reference: string; manifestDigest: string; configDigest: string };
+  agent: { sha256: string };
+  env: string[];
+  workingDir: string;
+  user: string;
+  entrypoint: string[];
+  cmd: string[];
+}
+
+export interface DroppedXattr {
+  path: string;
+  name: string;
+  value: Buffer;
+}
+
+export interface InjectOptions {
+  image: ResolvedImage;
+  language: string;
+  version: string;
+  arch: Arch;
+  agent: Buffer;
+  agentSha256: string;
+  /** Extra KEY=VALUE pairs that override the image's Env. */
+  extraEnv?: readonly string[];
+  droppedXattrs?: readonly DroppedXattr[];
+  /** mtime of every added entry (reproducible builds). */
+  mtime: number;
+}
+
+/** Image Env with overrides applied, keeping the image's order, PATH guaranteed. */
+export function mergeEnv(imageEnv: readonly string[], overrides: readonly string[]): string[] {
+  const merged = new Map<string, string>();
+  for (const pair of [...imageEnv, ...overrides]) {
+    const eq = pair.indexOf('=');
+    merged.set(eq < 0 ? pair : pair.slice(0, eq), pair);
+  }
+  if (!merged.has('PATH')) merged.set('PATH', DEFAULT_PATH);
+  return [...merged.values()];
+}
+
+export function imageJson(options: InjectOptions): ImageJson {
+  const settings = options.image.config.config ?? {};
+  return {
+    schemaVersion: IMAGE_JSON_SCHEMA_VERSION,
+    language: options.language,
+    version: options.version,
+    arch: options.arch,
+    image: {
+      reference: options.image.reference,
+      manifestDigest: options.image.manifestDigest,
+      configDigest: options.image.configDigest,
+    },
+    agent: { sha256: options.agentSha256 },
+    env: mergeEnv(settings.Env ?? [], options.extraEnv ?? []),
+    workingDir: settings.WorkingDir || '/',
+    user: settings.User ?? '',
+    entrypoint: settings.Entrypoint ?? [],
+    cmd: settings.Cmd ?? [],
+  };
+}
+
+function xattrsJson(xattrs: readonly DroppedXattr[]): string {
+  const records = xattrs.map((x) => ({ path: `/${displayPath(x.path)}`, name: x.name, value: x.value.toString('base64') }));
+  return `${JSON.stringify({ schemaVersion: 1, xattrs: records }, null, 2)}\n`;
+}
+
+/** Entries rampack adds; directories only where the image has none. */
+function addedEntries(tree: ReadonlyMap<string, TreeEntry>, options: InjectOptions, settings: ImageJson): TreeEntry[] {
+  const owner = { uid: 0, gid: 0, mtime: options.mtime };
+  const added: TreeEntry[] = [];
+  for (const [path, mode] of REQUIRED_DIRS) {
+    const existing = tree.get(path);
+    if (existing === undefined) added.push({ path, type: 'dir', mode, ...owner });
+    else if (existing.type !== 'dir' && existing.type !== 'symlink') {
+      throw new InputError(`image ${options.image.reference} has a ${existing.type} at /${path}, where the initramfs needs a directory`);
+    }
+  }
+  const json = `${JSON.stringify(settings, null, 2)}\n`;
+  added.push(
+    { path: 'init', type: 'file', mode: 0o755, ...owner, data: options.agent },
+    { path: 'dev/console', type: 'char', mode: 0o600, ...owner, devMajor: 5, devMinor: 1 },
+    { path: 'etc/rampack/image.json', type: 'file', mode: 0o644, ...owner, data: Buffer.from(json) },
+  );
+  if (options.droppedXattrs?.length) {
+    added.push({ path: 'etc/rampack/xattrs.json', type: 'file', mode: 0o644, ...owner, data: Buffer.from(xattrsJson(options.droppedXattrs)) });
+  }
+  return added;
+}
+
+/**
+ * The image tree (sorted, parents first) with rampack's entries merged in, in
+ * the same order. An added entry replaces what the image had at its path
+ * (and that path's subtree when it was a directory).
+ */
+export function injectAgent(entries: readonly TreeEntry[], options: InjectOptions): { entries: TreeEntry[]; imageJson: ImageJson } {
+  const tree = new Map(entries.map((entry) => [entry.path, entry]));
+  const settings = imageJson(options);
+  const added = addedEntries(tree, options, settings);
+  for (const entry of added) {
+    const replaced = tree.get(entry.path);
+    if (replaced?.type === 'dir') {
+      const prefix = `${entry.path}/`;
+      for (const path of tree.keys()) if (path.startsWith(prefix)) tree.delete(path);
+    }
+    if (entry.path.includes('/') && tree.get(parentPath(entry.path))?.type === 'symlink') {
+      throw new InputError(`image ${options.image.reference} has /${parentPath(entry.path)} as a symlink; rampack cannot add /${entry.path}`);
+    }
+    tree.set(entry.path, entry);
+  }
+  const merged = [...tree.values()].sort((a, b) => compareTreePaths(a.path, b.path));
+  return { entries: merged, imageJson: settings };
+}
+

@@ -1,0 +1,92 @@
+/**
+ * The compression stage, limited to what the kernel's initramfs decompressors
+ * accept: gzip with a plain header, zstd with windows of at most 8 MiB.
+ */
+import { PassThrough, type Transform } from 'node:stream';
+import zlib from 'node:zlib';
+import { InputError } from '../errors.ts';
+import { ZstdFramesDecompress } from './zstd-frames.ts';
+
+export { CorruptStreamError, isCorruptStreamError } from './errors.ts';
+
+export const COMPRESSIONS = ['gzip', 'zstd', 'none'] as const;
+export type Compression = (typeof COMPRESSIONS)[number];
+
+interface LevelRange {
+  readonly min: number;
+  readonly max: number;
+  readonly default: number;
+}
+
+/**
+ * zstd stops at 19: levels 20-22 (--ultra) use windows of 32-128 MiB that the
+ * kernel's decoder cannot allocate; zstd's own level table keeps 1-19 at window
+ * logs 19-23, so the frames declare at most 8 MiB.
+ */
+export const LEVELS: Readonly<Record<Exclude<Compression, 'none'>, LevelRange>> = {
+  gzip: { min: 1, max: 9, default: 6 },
+  zstd: { min: 1, max: 19, default: 3 },
+};
+
+const EXTENSIONS: Readonly<Record<Compression, string>> = { gzip: '.gz', zstd: '.zst', none: '' };
+
+/** File name suffix for a compression ('.gz', '.zst', ''). */
+export function fileExtension(compression: Compression): string {
+  return EXTENSIONS[compression];
+}
+
+/** A compressing Transform; `level` defaults to gzip 6 / zstd 3. */
+export function createCompressor(compression: Compression, level?: number): Transform {
+  if (compression === 'none') {
+    if (level !== undefined) throw new InputError(`compression "none" takes no level (got ${level})`);
+    return new PassThrough();
+  }
+  const chosen = checkedLevel(compression, level);
+  if (compression === 'gzip') {
+    // Node writes a bare 10-byte header (flags 0, mtime 0): no FNAME/FEXTRA/FCOMMENT/FHCRC.
+    return zlib.createGzip({ level: chosen });
+  }
+  return zlib.createZstdCompress({
+    params: {
+      [zlib.constants.ZSTD_c_compressionLevel]: chosen,
+      [zlib.constants.ZSTD_c_checksumFlag]: 1,
+    },
+  });
+}
+
+function checkedLevel(compression: keyof typeof LEVELS, level: number | undefined): number {
+  const range = LEVELS[compression];
+  if (level === undefined) return range.default;
+  if (!Number.isInteger(level) || level < range.min || level > range.max) {
+    throw new InputError(`${compression} level ${level} is out of range: use ${range.min} to ${range.max}`, {
+      hint: compression === 'zstd' ? 'levels above 19 need windows the kernel cannot decode' : undefined,
+    });
+  }
+  return level;
+}
+
+const GZIP_MAGIC = Buffer.from([0x1f, 0x8b]);
+const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
+
+/** The compression of a stream, judged from its first bytes (at least 4). */
+export function detectCompression(head: Buffer): Compression {
+  if (head.subarray(0, GZIP_MAGIC.length).equals(GZIP_MAGIC)) return 'gzip';
+  if (head.subarray(0, ZSTD_MAGIC.length).equals(ZSTD_MAGIC)) return 'zstd';
+  return 'none';
+}
+
+/**
+ * A decompressing Transform. Back-to-back gzip members or zstd frames come out
+ * as one stream. Not handled: NUL padding or a change of codec between them
+ * (gzip decoding then stops silently, zstd fails).
+ */
+export function createDecompressor(compression: Compression): Transform {
+  switch (compression) {
+    case 'gzip':
+      return zlib.createGunzip();
+    case 'zstd':
+      return new ZstdFramesDecompress();
+    case 'none':
+      return new PassThrough();
+  }
+}

@@ -1,0 +1,280 @@
+/**
+ * Streams a tree as one newc cpio archive, as the kernel unpacks it: parents
+ * before children, hard links as one inode, the archive padded to 512 bytes
+ * after TRAILER!!! as gen_init_cpio does. Every check runs before the first
+ * byte is produced, so a bad tree fails without a half-written archive.
+ */
+import { open, type FileHandle } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { InputError } from '../errors.ts';
+import { dataSize, displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
+import { encodeHeader, MAX_NAME_SIZE, MAX_U32, paddingFor, TRAILER_NAME, TYPE_BITS, type NewcHeader } from './newc.ts';
+
+export interface NewcOptions {
+  /** Upper bound for mtimes (e.g. SOURCE_DATE_EPOCH): later ones are lowered to it. */
+  clampMtime?: number;
+}
+
+export interface ArchiveStats {
+  /** Entries written so far, the trailer not counted. */
+  entries: number;
+  /** Uncompressed bytes produced so far; final once the stream has ended. */
+  bytes: number;
+}
+
+/** The archive bytes, plus counters that are complete when the stream ends. */
+export type NewcStream = Readable & { readonly stats: ArchiveStats };
+
+/** Positional reads from layer files go in chunks of this size. */
+const READ_CHUNK = 1024 * 1024;
+/** Headers and small files are gathered into chunks of at least this size. */
+const BATCH_BYTES = 64 * 1024;
+/** gen_init_cpio pads the whole archive to this after the trailer. */
+const ARCHIVE_ALIGNMENT = 512;
+const ZEROS = Buffer.alloc(ARCHIVE_ALIGNMENT);
+
+type Header = Omit<NewcHeader, 'namesize' | 'check'>;
+
+/** An entry as it will be written: header decided, data (if it carries any) attached. */
+interface PlannedRecord {
+  readonly name: string;
+  readonly header: Header;
+  readonly data?: Buffer | FileRange;
+}
+
+/** Hard-link group: the members share an inode and the last one carries the data. */
+interface LinkGroup {
+  members: number;
+  lastIndex: number;
+  type: EntryType;
+  data?: Buffer | FileRange;
+  ino?: number;
+}
+
+/**
+ * Archives `entries`, which must already be in final order (every parent
+ * directory before its children). Throws InputError naming the path for
+ * anything newc or the kernel cannot represent.
+ */
+export function newcArchive(entries: Iterable<TreeEntry>, options: NewcOptions = {}): NewcStream {
+  const records = planArchive([...entries], options);
+  const stats: ArchiveStats = { entries: 0, bytes: 0 };
+  return Object.assign(Readable.from(archiveChunks(records, stats), { objectMode: false }), { stats });
+}
+
+function planArchive(entries: TreeEntry[], options: NewcOptions): PlannedRecord[] {
+  const groups = linkGroups(entries);
+  const directories = new Set<string>();
+  let nextIno = 1;
+  return entries.map((entry, index) => {
+    checkEntry(entry, directories);
+    if (entry.type === 'dir') directories.add(entry.path);
+    const group = isLinked(entry) ? groups.get(entry.inode) : undefined;
+    if (group !== undefined) group.ino ??= nextIno++;
+    const data = group === undefined ? ownData(entry) : index === group.lastIndex ? group.data : undefined;
+    const header: Header = {
+      ino: group?.ino ?? nextIno++,
+      mode: TYPE_BITS[entry.type] | (entry.mode & 0o7777),
+      uid: entry.uid,
+      gid: entry.gid,
+      nlink: group?.members ?? (entry.type === 'dir' ? 2 : 1),
+      mtime: archiveMtime(entry, options.clampMtime),
+      filesize: data === undefined ? 0 : Buffer.isBuffer(data) ? data.length : data.size,
+      devMajor: 0,
+      devMinor: 0,
+      rdevMajor: entry.devMajor ?? 0,
+      rdevMinor: entry.devMinor ?? 0,
+    };
+    return { name: entry.path, header, data };
+  });
+}
+
+/** Directories and symlinks are never hard-linked by the kernel; the key is ignored for them. */
+function isLinked(entry: TreeEntry): entry is TreeEntry & { inode: number } {
+  return entry.inode !== undefined && entry.type !== 'dir' && entry.type !== 'symlink';
+}
+
+function linkGroups(entries: TreeEntry[]): Map<number, LinkGroup> {
+  const groups = new Map<number, LinkGroup>();
+  entries.forEach((entry, index) => {
+    if (!isLinked(entry)) return;
+    const group = groups.get(entry.inode);
+    if (group === undefined) {
+      groups.set(entry.inode, { members: 1, lastIndex: index, type: entry.type, data: entry.data });
+      return;
+    }
+    if (group.type !== entry.type) {
+      throw new InputError(
+        `"${displayPath(entry.path)}" is a hard link of a ${group.type} but is itself a ${entry.type}`,
+      );
+    }
+    group.members += 1;
+    group.lastIndex = index;
+    group.data = entry.data ?? group.data;
+  });
+  return groups;
+}
+
+function ownData(entry: TreeEntry): Buffer | FileRange | undefined {
+  if (entry.type === 'symlink') return Buffer.from(entry.linkTarget ?? '', 'latin1');
+  return entry.type === 'file' ? entry.data : undefined;
+}
+
+/** Byte strings only: one char per byte, and no NUL since names are NUL-terminated. */
+const BYTE_STRING = /^[\x01-\xff]+$/;
+
+function checkEntry(entry: TreeEntry, directories: ReadonlySet<string>): void {
+  const path = displayPath(entry.path);
+  if (!BYTE_STRING.test(entry.path)) {
+    throw new InputError(`path "${path}" cannot be archived: it is empty or not a latin1 byte string without NUL`);
+  }
+  if (entry.path === TRAILER_NAME) {
+    throw new InputError(`"${path}" cannot be archived: the name is the cpio end-of-archive marker`);
+  }
+  if (entry.path.length + 1 > MAX_NAME_SIZE) {
+    throw new InputError(
+      `path "${path}" is ${entry.path.length} bytes long: newc and the kernel allow at most ${MAX_NAME_SIZE - 1}`,
+    );
+  }
+  const parent = parentPath(entry.path);
+  if (parent !== '' && !directories.has(parent)) {
+    throw new InputError(
+      `"${path}" comes before its parent directory "${displayPath(parent)}" (or the parent is not a directory)`,
+      { hint: 'entries must be sorted so that every directory precedes its contents' },
+    );
+  }
+  if (entry.type === 'symlink' && !entry.linkTarget) {
+    throw new InputError(`symlink "${path}" has no target`);
+  }
+  if (entry.type === 'symlink' && !BYTE_STRING.test(entry.linkTarget ?? '')) {
+    throw new InputError(`target of symlink "${path}" is not a latin1 byte string without NUL`);
+  }
+  if (dataSize(entry) > MAX_U32) {
+    throw new InputError(`file "${path}" is ${dataSize(entry)} bytes: newc cannot hold a file of 4 GiB or more`, {
+      hint: 'remove or split the file in the image',
+    });
+  }
+  const numbers = { uid: entry.uid, gid: entry.gid, 'device major': entry.devMajor ?? 0, 'device minor': entry.devMinor ?? 0 };
+  for (const [field, value] of Object.entries(numbers)) {
+    if (!Number.isInteger(value) || value < 0 || value > MAX_U32) {
+      throw new InputError(`${field} ${value} of "${path}" does not fit in newc's 32-bit field`);
+    }
+  }
+}
+
+/** Clamped, floored, negative -> 0; the result must fit newc's u32 field. */
+function archiveMtime(entry: TreeEntry, clampMtime: number | undefined): number {
+  const mtime = clampMtime === undefined ? entry.mtime : Math.min(entry.mtime, clampMtime);
+  const seconds = Math.max(0, Math.floor(mtime));
+  if (!(seconds <= MAX_U32)) {
+    throw new InputError(`mtime ${entry.mtime} of "${displayPath(entry.path)}" does not fit in newc's 32-bit field`, {
+      hint: 'set a clamp mtime (SOURCE_DATE_EPOCH) to lower it',
+    });
+  }
+  return seconds;
+}
+
+async function* archiveChunks(records: readonly PlannedRecord[], stats: ArchiveStats): AsyncGenerator<Buffer> {
+  const ranges = new RangeReader();
+  const batcher = new ChunkBatcher(BATCH_BYTES);
+  const emit = (chunk: Buffer): Buffer[] => {
+    stats.bytes += chunk.length;
+    return batcher.add(chunk);
+  };
+  try {
+    for (const record of records) {
+      yield* emit(encodeHeader(record.header, record.name));
+      if (Buffer.isBuffer(record.data)) {
+        yield* emit(record.data);
+      } else if (record.data !== undefined) {
+        for await (const chunk of ranges.read(record.data, record.name)) yield* emit(chunk);
+      }
+      yield* emit(ZEROS.subarray(0, paddingFor(record.header.filesize)));
+      stats.entries += 1;
+    }
+    yield* emit(encodeHeader(TRAILER_HEADER, TRAILER_NAME));
+    yield* emit(ZEROS.subarray(0, paddingFor(stats.bytes, ARCHIVE_ALIGNMENT)));
+    yield* batcher.flush();
+  } finally {
+    await ranges.close();
+  }
+}
+
+const TRAILER_HEADER: Header = {
+  ino: 0,
+  mode: 0,
+  uid: 0,
+  gid: 0,
+  nlink: 1,
+  mtime: 0,
+  filesize: 0,
+  devMajor: 0,
+  devMinor: 0,
+  rdevMajor: 0,
+  rdevMinor: 0,
+};
+
+/** Reads file ranges with positional reads, keeping only the last file open. */
+class RangeReader {
+  #file?: string;
+  #handle?: FileHandle;
+
+  async *read(range: FileRange, entryPath: string): AsyncGenerator<Buffer> {
+    const handle = await this.#open(range.file);
+    const end = range.offset + range.size;
+    for (let position = range.offset; position < end; ) {
+      const chunk = Buffer.allocUnsafe(Math.min(READ_CHUNK, end - position));
+      const { bytesRead } = await handle.read(chunk, 0, chunk.length, position);
+      if (bytesRead === 0) {
+        throw new InputError(
+          `${range.file} ends at byte ${position}, before the end of "${displayPath(entryPath)}" (bytes ${range.offset}-${end}); was it changed while rampack ran?`,
+        );
+      }
+      position += bytesRead;
+      yield chunk.subarray(0, bytesRead);
+    }
+  }
+
+  async close(): Promise<void> {
+    const handle = this.#handle;
+    this.#handle = undefined;
+    this.#file = undefined;
+    await handle?.close();
+  }
+
+  async #open(file: string): Promise<FileHandle> {
+    if (this.#file !== file || this.#handle === undefined) {
+      await this.close();
+      this.#handle = await open(file, 'r');
+      this.#file = file;
+    }
+    return this.#handle;
+  }
+}
+
+/** Gathers small buffers so the consumer (a compressor) sees few, large writes. */
+class ChunkBatcher {
+  readonly #limit: number;
+  #pending: Buffer[] = [];
+  #size = 0;
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  /** The buffers ready to go out (none while the batch is still small). */
+  add(chunk: Buffer): Buffer[] {
+    if (chunk.length >= this.#limit) return [...this.flush(), chunk];
+    this.#pending.push(chunk);
+    this.#size += chunk.length;
+    return this.#size >= this.#limit ? this.flush() : [];
+  }
+
+  flush(): Buffer[] {
+    if (this.#size === 0) return [];
+    const batch = Buffer.concat(this.#pending, this.#size);
+    this.#pending = [];
+    this.#size = 0;
+    return [batch];
+  }
+}

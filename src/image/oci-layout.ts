@@ -1,0 +1,130 @@
+/**
+ * An OCI image layout directory as an image source: `oci:DIR`, `oci:DIR:TAG`
+ * or `oci:DIR@sha256:...` (skopeo's syntax).
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { InputError, VerificationError } from '../errors.ts';
+import { digestHex, isDigest, sha256Digest } from '../util/digest.ts';
+import type { ContentStore } from './source.ts';
+import type { Descriptor, FetchedManifest, ImageIndex } from './types.ts';
+
+export const OCI_LAYOUT_PREFIX = 'oci:';
+const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';
+
+export interface OciLayoutReference {
+  dir: string;
+  tag?: string;
+  digest?: string;
+}
+
+/** Splits "oci:DIR[:TAG|@DIGEST]"; a colon followed by a slash belongs to DIR. */
+export function parseOciLayoutReference(text: string): OciLayoutReference {
+  let body = text.slice(OCI_LAYOUT_PREFIX.length);
+  let digest: string | undefined;
+  const at = body.lastIndexOf('@');
+  if (at > 0 && isDigest(body.slice(at + 1))) {
+    digest = body.slice(at + 1);
+    body = body.slice(0, at);
+  }
+  const colon = body.lastIndexOf(':');
+  const hasTag = colon > 0 && !body.slice(colon + 1).includes('/');
+  const dir = hasTag ? body.slice(0, colon) : body;
+  if (dir === '') throw new InputError(`image reference "${text}" names no directory (use oci:DIR[:TAG])`);
+  return { dir, tag: hasTag ? body.slice(colon + 1) : undefined, digest };
+}
+
+export class OciLayoutStore implements ContentStore {
+  readonly reference: string;
+  private readonly layout: OciLayoutReference;
+
+  constructor(layout: OciLayoutReference) {
+    this.layout = { ...layout, dir: resolve(layout.dir) };
+    const suffix = `${layout.tag ? `:${layout.tag}` : ''}${layout.digest ? `@${layout.digest}` : ''}`;
+    this.reference = `${OCI_LAYOUT_PREFIX}${this.layout.dir}${suffix}`;
+  }
+
+  async fetchRootManifest(): Promise<FetchedManifest> {
+    return this.fetchManifest(await this.rootDescriptor());
+  }
+
+  async fetchManifest(descriptor: Descriptor): Promise<FetchedManifest> {
+    const bytes = await this.fetchBlob(descriptor);
+    return { bytes, mediaType: descriptor.mediaType, digest: descriptor.digest };
+  }
+
+  async fetchBlob(descriptor: Descriptor): Promise<Buffer> {
+    const bytes = await this.readBlobFile(descriptor);
+    if (sha256Digest(bytes) !== descriptor.digest) {
+      throw new VerificationError(`blob ${descriptor.digest} in ${this.layout.dir} does not match its digest`, {
+        hint: 'the layout is corrupt: export the image again',
+      });
+    }
+    return bytes;
+  }
+
+  async blobPath(descriptor: Descriptor): Promise<string> {
+    const path = this.pathOf(descriptor.digest);
+    const size = await stat(path).then(
+      (info) => info.size,
+      () => undefined,
+    );
+    if (size === undefined) throw this.missingBlob(descriptor.digest);
+    if (size !== descriptor.size) {
+      throw new VerificationError(`blob ${descriptor.digest} in ${this.layout.dir} is ${size} bytes, its descriptor says ${descriptor.size}`);
+    }
+    return path;
+  }
+
+  private pathOf(digest: string): string {
+    return join(this.layout.dir, 'blobs', 'sha256', digestHex(digest, `blob digest in ${this.layout.dir}`));
+  }
+
+  private missingBlob(digest: string): InputError {
+    return new InputError(`OCI layout ${this.layout.dir} lacks blob ${digest}`, { hint: 'the layout is incomplete: export the image again' });
+  }
+
+  private async readBlobFile(descriptor: Descriptor): Promise<Buffer> {
+    try {
+      return await readFile(this.pathOf(descriptor.digest));
+    } catch {
+      throw this.missingBlob(descriptor.digest);
+    }
+  }
+
+  private async readIndex(): Promise<ImageIndex> {
+    const path = join(this.layout.dir, 'index.json');
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch {
+      throw new InputError(`${this.layout.dir} is not an OCI image layout: cannot read ${path}`, {
+        hint: 'export an image with `skopeo copy docker://IMAGE oci:DIR:TAG`',
+      });
+    }
+    try {
+      const index = JSON.parse(text) as ImageIndex;
+      if (!Array.isArray(index.manifests)) throw new Error('"manifests" is not an array');
+      return index;
+    } catch (error) {
+      throw new InputError(`${path} is not a valid OCI index: ${(error as Error).message}`);
+    }
+  }
+
+  /** The index.json entry the reference names: by digest, by tag, or the only one. */
+  private async rootDescriptor(): Promise<Descriptor> {
+    const { manifests } = await this.readIndex();
+    const { tag, digest } = this.layout;
+    const matches = digest
+      ? manifests.filter((entry) => entry.digest === digest)
+      : tag
+        ? manifests.filter((entry) => entry.annotations?.[REF_NAME_ANNOTATION] === tag)
+        : manifests;
+    if (matches.length === 1) return matches[0]!;
+    const tags = manifests.map((entry) => entry.annotations?.[REF_NAME_ANNOTATION]).filter(Boolean);
+    if (matches.length === 0) {
+      throw new InputError(`OCI layout ${this.layout.dir} has no image ${tag ? `tagged "${tag}"` : digest}; tags: ${tags.join(', ') || 'none'}`);
+    }
+    throw new InputError(`OCI layout ${this.layout.dir} holds ${matches.length} images; name one: ${tags.map((t) => `oci:${this.layout.dir}:${t}`).join(', ')}`);
+  }
+}

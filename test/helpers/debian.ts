@@ -1,0 +1,42 @@
+/** Files from Debian packages (busybox for test images), downloaded once per machine. */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+
+export const TEST_CACHE = join(homedir(), '.cache', 'rampack-test');
+/** Debian kernels for boot tests (src/boot/kernel.ts fills it). */
+export const KERNEL_CACHE = join(TEST_CACHE, 'kernels');
+
+/** Downloads and extracts a Debian package (default arch); returns the extracted root. */
+export function debianPackageRoot(pkg: string): string {
+  const root = join(TEST_CACHE, 'debs', pkg);
+  if (existsSync(root)) return root;
+  mkdirSync(join(TEST_CACHE, 'debs'), { recursive: true });
+  const work = mkdtempSync(join(TEST_CACHE, 'debs', `.${pkg}-`));
+  try {
+    const download = () => execFileSync('apt-get', ['download', pkg], { cwd: work, stdio: 'pipe' });
+    try {
+      download();
+    } catch {
+      execFileSync('apt-get', ['update', '-qq'], { stdio: 'pipe' });
+      download();
+    }
+    const deb = readdirSync(work).find((name) => name.endsWith('.deb'));
+    if (!deb) throw new Error(`apt-get download ${pkg} produced no .deb`);
+    execFileSync('dpkg', ['-x', join(work, deb), join(work, 'root')]);
+    try {
+      renameSync(join(work, 'root'), root);
+    } catch (error) {
+      if (!existsSync(root)) throw error; // another process got there first
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  return root;
+}
+
+/** Debian's statically linked busybox: a shell and coreutils for test images. */
+export function busyboxBinary(): string {
+  return join(debianPackageRoot('busybox-static'), 'bin', 'busybox');
+}

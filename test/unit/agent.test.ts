@@ -1,0 +1,86 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { checkAgentBinary, readElfInfo } from '../../src/agent/elf.ts';
+import { DEFAULT_PATH, injectAgent, mergeEnv, type InjectOptions } from '../../src/agent/inject.ts';
+import { InputError } from '../../src/errors.ts';
+import type { ResolvedImage } from '../../src/image/source.ts';
+import type { TreeEntry } from '../../src/tree/entry.ts';
+import { buildTestAgent } from '../helpers/agent.ts';
+
+/** A minimal ELF64 header with the given machine, as a cross-compiler would emit it. */
+function elfHeader(machine: number, elfClass = 2): Buffer {
+  const header = Buffer.alloc(64);
+  header.write('\x7fELF', 0, 'latin1');
+  header[4] = elfClass;
+  header[5] = 1;
+  header.writeUInt16LE(2, 16);
+  header.writeUInt16LE(machine, 18);
+  return header;
+}
+
+describe('agent ELF check', () => {
+  it('accepts a static agent for its arch and reports no interpreter', async () => {
+    const agent = readFileSync(await buildTestAgent('x86_64'));
+    expect(checkAgentBinary(agent, 'x86_64', 'agent')).toEqual({ arch: 'x86_64', interpreter: undefined });
+  });
+
+  it('reports the loader of a dynamically linked binary', () => {
+    expect(readElfInfo(readFileSync('/bin/ls'), '/bin/ls').interpreter).toMatch(/ld-linux-x86-64\.so\.2$/);
+  });
+
+  it('names the arch mismatch and the file', () => {
+    expect(() => checkAgentBinary(elfHeader(183), 'x86_64', 'a/agent')).toThrow('agent a/agent is built for aarch64, but the image is for x86_64');
+    expect(() => checkAgentBinary(elfHeader(40), 'x86_64', 'a/agent')).toThrow('built for arm, which rampack does not target');
+    expect(() => checkAgentBinary(elfHeader(62, 1), 'x86_64', 'a/agent')).toThrow('not a 64-bit');
+    expect(() => checkAgentBinary(Buffer.from('#!/bin/sh\n'), 'x86_64', 'a/agent')).toThrow(InputError);
+  });
+});
+
+const image: ResolvedImage = {
+  reference: 'oci:/x:1',
+  manifestDigest: 'sha256:m',
+  configDigest: 'sha256:c',
+  manifest: { schemaVersion: 2, config: { mediaType: '', digest: 'sha256:c', size: 1 }, layers: [] },
+  layers: [],
+  config: { rootfs: { type: 'layers', diff_ids: [] }, config: { Env: ['HOME=/root', 'LANG=C'], WorkingDir: '/work', Cmd: ['sh'] } },
+};
+
+function options(overrides: Partial<InjectOptions> = {}): InjectOptions {
+  return { image, language: 'go', version: '1', arch: 'x86_64', agent: Buffer.from('AGENT'), agentSha256: 'ff', mtime: 42, ...overrides };
+}
+
+const dir = (path: string, mode = 0o755): TreeEntry => ({ path, type: 'dir', mode, uid: 5, gid: 5, mtime: 1 });
+const file = (path: string): TreeEntry => ({ path, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, data: Buffer.from(path) });
+
+describe('agent injection', () => {
+  it('adds /init, image.json, /dev/console and missing mount points, sorted, keeping the image’s dirs', () => {
+    const { entries, imageJson } = injectAgent([dir('etc', 0o700), file('etc/hosts'), dir('tmp', 0o777)], options({ extraEnv: ['LANG=C.UTF-8'] }));
+    expect(entries.map((e) => e.path)).toEqual([
+      'dev', 'dev/console', 'etc', 'etc/hosts', 'etc/rampack', 'etc/rampack/image.json', 'init', 'proc', 'root', 'run', 'sys', 'tmp',
+    ]);
+    const byPath = new Map(entries.map((e) => [e.path, e]));
+    expect(byPath.get('etc')).toMatchObject({ mode: 0o700, uid: 5 });
+    expect(byPath.get('tmp')).toMatchObject({ mode: 0o777 });
+    expect(byPath.get('init')).toMatchObject({ type: 'file', mode: 0o755, uid: 0, gid: 0, mtime: 42 });
+    expect(byPath.get('dev/console')).toMatchObject({ type: 'char', devMajor: 5, devMinor: 1, mode: 0o600 });
+    expect(byPath.get('root')).toMatchObject({ mode: 0o700 });
+    expect(imageJson).toMatchObject({ env: ['HOME=/root', 'LANG=C.UTF-8', DEFAULT_PATH], workingDir: '/work', cmd: ['sh'], entrypoint: [], user: '' });
+    expect(JSON.parse((byPath.get('etc/rampack/image.json')!.data as Buffer).toString())).toEqual(imageJson);
+  });
+
+  it('replaces an /init directory with its subtree and records dropped xattrs', () => {
+    const xattr = { path: 'usr/bin/ping', name: 'security.capability', value: Buffer.from([1, 2]) };
+    const { entries } = injectAgent([dir('init'), file('init/x')], options({ droppedXattrs: [xattr] }));
+    expect(entries.some((e) => e.path === 'init/x')).toBe(false);
+    const record = entries.find((e) => e.path === 'etc/rampack/xattrs.json')!;
+    expect(JSON.parse((record.data as Buffer).toString()).xattrs).toEqual([{ path: '/usr/bin/ping', name: 'security.capability', value: 'AQI=' }]);
+  });
+
+  it('refuses an image whose /dev is a regular file', () => {
+    expect(() => injectAgent([file('dev')], options())).toThrow('has a file at /dev, where the initramfs needs a directory');
+  });
+
+  it('keeps the image PATH when it has one', () => {
+    expect(mergeEnv(['PATH=/go/bin', 'A=1'], ['A=2'])).toEqual(['PATH=/go/bin', 'A=2']);
+  });
+});

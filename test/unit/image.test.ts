@@ -1,0 +1,85 @@
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { InputError, VerificationError } from '../../src/errors.ts';
+import { OciLayoutStore, parseOciLayoutReference } from '../../src/image/oci-layout.ts';
+import { selectPlatform } from '../../src/image/platform.ts';
+import { resolveImage } from '../../src/image/resolve.ts';
+import type { Descriptor } from '../../src/image/types.ts';
+import { writeOciLayout, type ImageSpec } from '../helpers/oci-builder.ts';
+
+const entry = (architecture: string, extra: Partial<Descriptor> = {}, variant?: string): Descriptor => ({
+  mediaType: 'application/vnd.oci.image.manifest.v1+json',
+  digest: `sha256:${architecture.padEnd(64, '0').slice(0, 64)}`,
+  size: 1,
+  platform: { os: 'linux', architecture, variant },
+  ...extra,
+});
+
+describe('platform selection', () => {
+  it('maps x86_64 to amd64 and aarch64 to arm64, skipping attestations', () => {
+    const attestation = entry('unknown', { annotations: { 'vnd.docker.reference.type': 'attestation-manifest' } });
+    const manifests = [attestation, entry('arm', {}, 'v7'), entry('arm64', {}, 'v8'), entry('amd64')];
+    expect(selectPlatform(manifests, 'x86_64', 'img').platform?.architecture).toBe('amd64');
+    expect(selectPlatform(manifests, 'aarch64', 'img').platform?.variant).toBe('v8');
+  });
+
+  it('lists what an index has when the arch is missing', () => {
+    expect(() => selectPlatform([entry('amd64'), entry('s390x')], 'aarch64', 'golang:1')).toThrow(
+      'image golang:1 has no linux/arm64 (aarch64) image; it has: linux/amd64, linux/s390x',
+    );
+  });
+});
+
+describe('OCI layout references', () => {
+  it.each([
+    ['oci:/a/b', { dir: '/a/b' }],
+    ['oci:/a/b:1.0', { dir: '/a/b', tag: '1.0' }],
+    ['oci:./x:y/z', { dir: './x:y/z' }],
+    [`oci:/a:1@sha256:${'b'.repeat(64)}`, { dir: '/a', tag: '1', digest: `sha256:${'b'.repeat(64)}` }],
+  ])('parses %s', (text, expected) => {
+    expect(parseOciLayoutReference(text)).toEqual({ tag: undefined, digest: undefined, ...expected });
+  });
+});
+
+describe('resolving images from an OCI layout', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'rampack-layout-'));
+  const spec = (architecture: string): ImageSpec => ({ architecture, layers: [{ entries: [{ name: 'a', content: architecture }] }] });
+  let single: string;
+  let multi: string;
+
+  beforeAll(async () => {
+    single = join(dir, 'single');
+    multi = join(dir, 'multi');
+    await writeOciLayout(single, spec('amd64'), 'v1');
+    await writeOciLayout(multi, [spec('amd64'), spec('arm64')], 'v2');
+  });
+
+  it('resolves a single-arch image and checks its arch', async () => {
+    const image = await resolveImage(new OciLayoutStore({ dir: single, tag: 'v1' }), 'x86_64');
+    expect(image.indexDigest).toBeUndefined();
+    expect(image.layers).toHaveLength(1);
+    expect(image.config.architecture).toBe('amd64');
+    await expect(resolveImage(new OciLayoutStore({ dir: single }), 'aarch64')).rejects.toThrow('is for amd64, not arm64');
+  });
+
+  it('picks the platform manifest out of an index', async () => {
+    const image = await resolveImage(new OciLayoutStore({ dir: multi, tag: 'v2' }), 'aarch64');
+    expect(image.indexDigest).toMatch(/^sha256:/);
+    expect(image.config.architecture).toBe('arm64');
+  });
+
+  it('names the tags a layout has when the wanted one is missing', async () => {
+    await expect(resolveImage(new OciLayoutStore({ dir: single, tag: 'v9' }), 'x86_64')).rejects.toThrow('has no image tagged "v9"; tags: v1');
+    await expect(resolveImage(new OciLayoutStore({ dir: join(dir, 'none') }), 'x86_64')).rejects.toThrow(InputError);
+  });
+
+  it('detects a tampered config', async () => {
+    const index = JSON.parse(readFileSync(join(single, 'index.json'), 'utf8'));
+    const manifest = JSON.parse(readFileSync(join(single, 'blobs/sha256', index.manifests[0].digest.slice(7)), 'utf8'));
+    const configPath = join(single, 'blobs/sha256', manifest.config.digest.slice(7));
+    writeFileSync(configPath, readFileSync(configPath, 'utf8').replace('amd64', 'AMD64'));
+    await expect(resolveImage(new OciLayoutStore({ dir: single }), 'x86_64')).rejects.toThrow(VerificationError);
+  });
+});
