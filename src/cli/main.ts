@@ -5,15 +5,18 @@ import { ExitCode, RampackError } from '../errors.ts';
 import { TOOL_VERSION } from '../version.ts';
 import { buildCommand } from './build.ts';
 
+/** Usage errors throw (so they map to exit code 2) instead of exiting inside commander. */
+function strict(command: Command): Command {
+  return command.exitOverride().showHelpAfterError('(run with --help for usage)');
+}
+
 function program(): Command {
-  return new Command('rampack')
+  return strict(new Command('rampack'))
     .description('Turn OCI container images into compressed initramfs images for microVMs, with your agent as /init.')
-    .version(TOOL_VERSION, '-V, --tool-version', 'print rampack’s version')
+    .version(TOOL_VERSION, '-V, --version', 'print rampack’s version')
     .enablePositionalOptions()
     .option('--debug', 'show stack traces of errors')
-    .showHelpAfterError('(run with --help for usage)')
-    .exitOverride()
-    .addCommand(buildCommand());
+    .addCommand(strict(buildCommand()));
 }
 
 function report(error: unknown, debug: boolean): number {

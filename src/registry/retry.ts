@@ -1,0 +1,87 @@
+/**
+ * Bounded retries with exponential backoff and jitter, for failures that may
+ * go away: lost connections, 5xx, 408 and 429 (whose Retry-After is honoured
+ * up to a cap; a longer wait fails at once, since sleeping for minutes helps nobody).
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { RegistryError } from '../errors.ts';
+
+export const DEFAULT_MAX_ATTEMPTS = 4;
+const BASE_DELAY_MS = 500;
+const MAX_DELAY_MS = 8_000;
+const MAX_RETRY_AFTER_MS = 60_000;
+const RETRYABLE_STATUSES = new Set([408, 429, 500, 502, 503, 504]);
+
+/** A failure worth another attempt. */
+export class TransientError extends Error {
+  readonly retryAfterMs?: number;
+  readonly status?: number;
+  constructor(message: string, options?: { retryAfterMs?: number; status?: number; cause?: unknown }) {
+    super(message, { cause: options?.cause });
+    this.retryAfterMs = options?.retryAfterMs;
+    this.status = options?.status;
+  }
+}
+
+export interface RetryPolicy {
+  maxAttempts: number;
+  /** Told about each retry, for the debug log. */
+  onRetry?: (message: string) => void;
+}
+
+/** What to tell the user when an operation failed for good. */
+export interface FailureContext {
+  /** "GET manifest of docker.io/library/golang:1.22", and the like. */
+  what: string;
+  hint: string;
+}
+
+/** Retry-After is either seconds or an HTTP date. */
+function parseRetryAfter(value: string | null): number | undefined {
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
+}
+
+/** Throws a TransientError for a response worth retrying; returns it otherwise. */
+export function checkTransient(response: Response, what: string): Response {
+  if (!RETRYABLE_STATUSES.has(response.status)) return response;
+  void response.body?.cancel();
+  throw new TransientError(`${what} answered HTTP ${response.status} ${response.statusText}`.trimEnd(), {
+    status: response.status,
+    retryAfterMs: parseRetryAfter(response.headers.get('retry-after')),
+  });
+}
+
+/** The network error behind fetch's generic "fetch failed". */
+export function describeNetworkError(error: unknown): string {
+  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
+  return cause?.code ?? cause?.message ?? (error as Error).message;
+}
+
+function backoff(attempt: number): number {
+  const exponential = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** (attempt - 1));
+  return exponential * (0.8 + Math.random() * 0.4);
+}
+
+/** Runs `operation` until it succeeds, fails for good, or runs out of attempts. */
+export async function withRetries<T>(policy: RetryPolicy, context: FailureContext, operation: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await operation();
+    } catch (error) {
+      if (!(error instanceof TransientError)) throw error;
+      const fail = (why: string) =>
+        new RegistryError(`${context.what} failed: ${error.message}${why}`, { hint: context.hint, status: error.status, cause: error });
+      if (error.retryAfterMs !== undefined && error.retryAfterMs > MAX_RETRY_AFTER_MS) {
+        throw fail(` and the registry asks to wait ${Math.ceil(error.retryAfterMs / 1000)} s`);
+      }
+      if (attempt >= policy.maxAttempts) throw fail(attempt > 1 ? ` (gave up after ${attempt} attempts)` : '');
+      const delay = error.retryAfterMs ?? backoff(attempt);
+      policy.onRetry?.(`${context.what}: ${error.message}; attempt ${attempt + 1}/${policy.maxAttempts} in ${Math.round(delay)} ms`);
+      await sleep(delay);
+    }
+  }
+}

@@ -1,0 +1,153 @@
+/** A registry repository as a ContentStore: verified documents, and layers downloaded into the blob cache. */
+import { Readable } from 'node:stream';
+import { InputError, VerificationError } from '../errors.ts';
+import type { ImageReference } from '../image/reference.ts';
+import type { ContentStore } from '../image/source.ts';
+import { MANIFEST_MEDIA_TYPES, type Descriptor, type FetchedManifest } from '../image/types.ts';
+import { digestHex, isDigest, sha256Digest } from '../util/digest.ts';
+import { silentLogger, type Logger } from '../util/log.ts';
+import { TOOL_VERSION } from '../version.ts';
+import { BlobCache } from './cache.ts';
+import { readBody, RegistryClient, type RegistryRequest } from './client.ts';
+import { credentialLookup } from './credentials.ts';
+import { DEFAULT_MAX_ATTEMPTS } from './retry.ts';
+
+export interface RegistryOptions {
+  /** Root of the blob cache (blobs land in `<cacheDir>/blobs/sha256/`). */
+  cacheDir: string;
+  username?: string;
+  password?: string;
+  /** Where config.json lives; default `$DOCKER_CONFIG`, else `~/.docker`. */
+  dockerConfigDir?: string;
+  userAgent?: string;
+  log?: Logger;
+  /** Attempts per request before giving up (default 4). */
+  maxAttempts?: number;
+}
+
+/** containerd's limit: manifests are small, and a tag must not make us buffer gigabytes. */
+const MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024;
+/** Configs are read whole into memory. */
+const SMALL_BLOB_LIMIT = 16 * 1024 * 1024;
+const MANIFEST_ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
+
+function isForeign(descriptor: Descriptor): boolean {
+  return (descriptor.urls?.length ?? 0) > 0 || /foreign|nondistributable/.test(descriptor.mediaType);
+}
+
+function servedMediaType(response: Response): string | undefined {
+  return response.headers.get('content-type')?.split(';')[0]!.trim() || undefined;
+}
+
+export class RegistryStore implements ContentStore {
+  readonly reference: string;
+  private readonly image: ImageReference;
+  private readonly client: RegistryClient;
+  private readonly cache: BlobCache;
+  private readonly log: Logger;
+  /** One download per digest, however many layers share it. */
+  private readonly downloads = new Map<string, Promise<string>>();
+
+  constructor(image: ImageReference, client: RegistryClient, cache: BlobCache, log: Logger) {
+    this.image = image;
+    this.reference = image.toString();
+    this.client = client;
+    this.cache = cache;
+    this.log = log;
+  }
+
+  fetchRootManifest(): Promise<FetchedManifest> {
+    const { digest, tag } = this.image;
+    return this.getManifest(digest ?? tag!, `image ${this.reference}`, digest === undefined ? undefined : { digest });
+  }
+
+  fetchManifest(descriptor: Descriptor): Promise<FetchedManifest> {
+    return this.getManifest(descriptor.digest, `manifest ${descriptor.digest} of image ${this.reference}`, descriptor);
+  }
+
+  async fetchBlob(descriptor: Descriptor): Promise<Buffer> {
+    const subject = `blob ${descriptor.digest} of image ${this.reference}`;
+    if (descriptor.size > SMALL_BLOB_LIMIT) {
+      throw new InputError(`${subject} is ${descriptor.size} bytes, too large for a config (limit ${SMALL_BLOB_LIMIT})`);
+    }
+    return this.client.get(this.blobRequest(descriptor, subject), async (response) => {
+      const bytes = await readBody(response, descriptor.size, subject);
+      checkContent(bytes, descriptor, subject);
+      return bytes;
+    });
+  }
+
+  blobPath(descriptor: Descriptor): Promise<string> {
+    let download = this.downloads.get(descriptor.digest);
+    if (!download) {
+      download = this.download(descriptor);
+      this.downloads.set(descriptor.digest, download);
+      // A failed download may be asked for again.
+      download.catch(() => this.downloads.delete(descriptor.digest));
+    }
+    return download;
+  }
+
+  private async download(descriptor: Descriptor): Promise<string> {
+    const { digest, size } = descriptor;
+    const subject = `layer ${digest} of image ${this.reference}`;
+    if (isForeign(descriptor)) {
+      throw new InputError(`${subject} is a foreign (non-distributable) layer (${descriptor.mediaType}${descriptor.urls ? `, hosted at ${descriptor.urls.join(', ')}` : ''})`, {
+        hint: 'rampack builds Linux images from distributable layers only; use an image without foreign layers',
+      });
+    }
+    if (await this.cache.has(digest, size)) return this.cache.path(digest);
+    this.log.info(`downloading ${subject} (${size} bytes)`);
+    return this.client.get(this.blobRequest(descriptor, subject), (response) => this.cache.ingest(digest, size, response.body ?? Readable.from([])));
+  }
+
+  private blobRequest(descriptor: Descriptor, subject: string): RegistryRequest {
+    digestHex(descriptor.digest, subject);
+    return {
+      path: `/v2/${this.image.repository}/blobs/${descriptor.digest}`,
+      what: `downloading ${subject} from ${this.image.registry}`,
+      subject,
+    };
+  }
+
+  /** GETs a manifest by tag or digest; `expected` (by digest) is verified, a tag's bytes are hashed. */
+  private getManifest(ref: string, subject: string, expected?: { digest: string; size?: number; mediaType?: string }): Promise<FetchedManifest> {
+    const request: RegistryRequest = {
+      path: `/v2/${this.image.repository}/manifests/${ref}`,
+      accept: MANIFEST_ACCEPT,
+      what: `fetching the manifest of ${subject} from ${this.image.registry}`,
+      subject,
+    };
+    return this.client.get(request, async (response) => {
+      const bytes = await readBody(response, expected?.size ?? MANIFEST_SIZE_LIMIT, subject);
+      const claimed = response.headers.get('docker-content-digest');
+      const digest = expected?.digest ?? (claimed !== null && isDigest(claimed) ? claimed : sha256Digest(bytes));
+      checkContent(bytes, { digest, size: expected?.size }, subject);
+      return { bytes, digest, mediaType: servedMediaType(response) ?? expected?.mediaType ?? '' };
+    });
+  }
+}
+
+function checkContent(bytes: Buffer, expected: { digest: string; size?: number }, subject: string): void {
+  if (expected.size !== undefined && bytes.length !== expected.size) {
+    throw new VerificationError(`${subject}: the registry sent ${bytes.length} bytes, the descriptor says ${expected.size}`);
+  }
+  const actual = sha256Digest(bytes);
+  if (actual !== expected.digest) {
+    throw new VerificationError(`${subject} does not match its digest ${expected.digest} (the content hashes to ${actual})`, {
+      hint: 'the registry served corrupt or altered content; retry, or report it to the registry operator',
+    });
+  }
+}
+
+/** A ContentStore for `reference`; nothing is fetched until a method is called. */
+export function openRegistryStore(reference: ImageReference, options: RegistryOptions): RegistryStore {
+  const log = options.log ?? silentLogger;
+  const client = new RegistryClient(reference, {
+    lookup: credentialLookup(options),
+    userAgent: options.userAgent ?? `rampack/${TOOL_VERSION}`,
+    retry: { maxAttempts: options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS, onRetry: (message) => log.debug(message) },
+    log,
+  });
+  return new RegistryStore(reference, client, new BlobCache(options.cacheDir), log);
+}
