@@ -27,6 +27,7 @@ export interface Recipe {
   compression?: 'gzip' | 'zstd';
   level?: number;
   env?: string[];
+  smoke?: string[];
 }
 
 /** One image to build: a cell of language x version x arch. */
@@ -42,6 +43,8 @@ export interface BuildTarget {
   compression: Compression;
   level?: number;
   env: string[];
+  /** Command proving the language works in the booted image. */
+  smoke?: string[];
   /** Where the target came from, for messages. */
   origin: string;
 }
@@ -165,6 +168,7 @@ export function recipeTargets(recipe: Recipe, origin: string): BuildTarget[] {
       compression: recipe.compression ?? 'gzip',
       level: recipe.level,
       env: recipe.env ?? [],
+      smoke: recipe.smoke,
       origin,
     })),
   );
