@@ -112,9 +112,6 @@ function addedEntries(tree: ReadonlyMap<string, TreeEntry>, options: InjectOptio
     { path: 'dev/console', type: 'char', mode: 0o600, ...owner, devMajor: 5, devMinor: 1 },
     { path: 'etc/rampack/image.json', type: 'file', mode: 0o644, ...owner, data: Buffer.from(json) },
   );
-  if (options.droppedXattrs?.length) {
-    added.push({ path: 'etc/rampack/xattrs.json', type: 'file', mode: 0o644, ...owner, data: Buffer.from(xattrsJson(options.droppedXattrs)) });
-  }
   return added;
 }
 
@@ -123,22 +120,36 @@ function addedEntries(tree: ReadonlyMap<string, TreeEntry>, options: InjectOptio
  * the same order. An added entry replaces what the image had at its path
  * (and that path's subtree when it was a directory).
  */
-export function injectAgent(entries: readonly TreeEntry[], options: InjectOptions): { entries: TreeEntry[]; imageJson: ImageJson } {
+export function injectAgent(
+  entries: readonly TreeEntry[],
+  options: InjectOptions,
+): { entries: TreeEntry[]; imageJson: ImageJson; recordedXattrs: DroppedXattr[] } {
   const tree = new Map(entries.map((entry) => [entry.path, entry]));
   const settings = imageJson(options);
   const added = addedEntries(tree, options, settings);
-  for (const entry of added) {
-    const replaced = tree.get(entry.path);
-    if (replaced?.type === 'dir') {
-      const prefix = `${entry.path}/`;
-      for (const path of tree.keys()) if (path.startsWith(prefix)) tree.delete(path);
-    }
-    if (entry.path.includes('/') && tree.get(parentPath(entry.path))?.type === 'symlink') {
-      throw new InputError(`image ${options.image.reference} has /${parentPath(entry.path)} as a symlink; rampack cannot add /${entry.path}`);
-    }
-    tree.set(entry.path, entry);
+  for (const entry of added) addEntry(tree, entry, options.image.reference);
+  // Only attributes of the image's own files that are still in the tree: never
+  // those of files rampack replaced (an image's /init) or a recipe dropped.
+  const recordedXattrs = (options.droppedXattrs ?? []).filter((x) => {
+    const entry = tree.get(x.path);
+    return entry !== undefined && !added.includes(entry);
+  });
+  if (recordedXattrs.length > 0) {
+    const data = Buffer.from(xattrsJson(recordedXattrs));
+    addEntry(tree, { path: 'etc/rampack/xattrs.json', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: options.mtime, data }, options.image.reference);
   }
   const merged = [...tree.values()].sort((a, b) => compareTreePaths(a.path, b.path));
-  return { entries: merged, imageJson: settings };
+  return { entries: merged, imageJson: settings, recordedXattrs };
 }
 
+/** Puts an entry in the tree, replacing what was at its path (and that path's subtree). */
+function addEntry(tree: Map<string, TreeEntry>, entry: TreeEntry, reference: string): void {
+  if (tree.get(entry.path)?.type === 'dir') {
+    const prefix = `${entry.path}/`;
+    for (const path of tree.keys()) if (path.startsWith(prefix)) tree.delete(path);
+  }
+  if (entry.path.includes('/') && tree.get(parentPath(entry.path))?.type === 'symlink') {
+    throw new InputError(`image ${reference} has /${parentPath(entry.path)} as a symlink; rampack cannot add /${entry.path}`);
+  }
+  tree.set(entry.path, entry);
+}

@@ -10,26 +10,30 @@ import { join } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { checkAgentBinary } from '../agent/elf.ts';
-import { injectAgent } from '../agent/inject.ts';
+import { injectAgent, type DroppedXattr } from '../agent/inject.ts';
 import { createCompressor, fileExtension } from '../compress/index.ts';
 import { newcArchive } from '../cpio/writer.ts';
 import { InputError } from '../errors.ts';
 import { resolveImage } from '../image/resolve.ts';
-import type { ResolvedImage } from '../image/source.ts';
+import type { ContentStore, ResolvedImage } from '../image/source.ts';
 import { flattenLayers } from '../layers/flatten.ts';
 import { unpackLayer, type UnpackedLayer } from '../layers/unpack.ts';
 import type { ManifestImage } from '../manifest/manifest.ts';
 import type { BuildTarget } from '../recipe/recipe.ts';
-import { displayPath } from '../tree/entry.ts';
+import { applyTreeOptions } from '../recipe/tree-options.ts';
+import { dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
 import { writeAtomically } from '../util/atomic.ts';
 import { mapConcurrent } from '../util/concurrency.ts';
-import type { Logger } from '../util/log.ts';
+import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
+import { formatBytes, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
 import { openContentStore, type SourceOptions } from './source.ts';
 
 export interface BuildOptions extends SourceOptions {
   outDir: string;
   cacheDir: string;
   log: Logger;
+  /** Receives stage events (resolve, pull, flatten, compress) for progress display. */
+  reporter?: BuildReporter;
   /** SOURCE_DATE_EPOCH: newer mtimes are clamped to it, and added files get it. */
   sourceDateEpoch?: number;
 }
@@ -40,8 +44,14 @@ const LAYER_CONCURRENCY = 3;
 class Measure extends Transform {
   bytes = 0;
   private readonly hash = createHash('sha256');
+  private readonly onBytes?: (bytes: number) => void;
+  constructor(onBytes?: (bytes: number) => void) {
+    super();
+    this.onBytes = onBytes;
+  }
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
     this.bytes += chunk.length;
+    this.onBytes?.(this.bytes);
     this.hash.update(chunk);
     done(null, chunk);
   }
@@ -76,14 +86,46 @@ function addedFilesMtime(image: ResolvedImage, sourceDateEpoch?: number): number
   return Number.isNaN(created) ? 0 : Math.max(0, Math.floor(created / 1000));
 }
 
-async function unpackLayers(image: ResolvedImage, store: Awaited<ReturnType<typeof openContentStore>>, options: BuildOptions): Promise<UnpackedLayer[]> {
+/** Bytes of layer blobs: all of them, and those that came over the network (cached ones do not). */
+interface PullCount {
+  total: number;
+  downloaded: number;
+}
+
+/** Every layer blob as a local file (downloaded into the cache for registries). */
+async function pullLayers(image: ResolvedImage, store: ContentStore, count: PullCount, reporter: BuildReporter): Promise<string[]> {
+  reporter.start('pull');
+  const blobPaths = await mapConcurrent(image.layers, LAYER_CONCURRENCY, (descriptor) => store.blobPath(descriptor));
+  reporter.end('pull', `${image.layers.length} layers, ${formatBytes(count.total)} (${formatBytes(count.downloaded)} downloaded)`);
+  return blobPaths;
+}
+
+async function unpackLayers(image: ResolvedImage, blobPaths: string[], options: BuildOptions, reporter: BuildReporter): Promise<UnpackedLayer[]> {
+  let entries = 0;
   return mapConcurrent(image.layers, LAYER_CONCURRENCY, async (descriptor, index) => {
-    const blobPath = await store.blobPath(descriptor);
     const diffId = image.config.rootfs.diff_ids[index]!;
-    const layer = await unpackLayer({ blobPath, descriptor, diffId, cacheDir: options.cacheDir });
+    const layer = await unpackLayer({ blobPath: blobPaths[index]!, descriptor, diffId, cacheDir: options.cacheDir });
     options.log.debug(`layer ${index + 1}/${image.layers.length} ${descriptor.digest}: ${layer.entries.length} entries`);
+    entries += layer.entries.length;
+    reporter.progress('flatten', { done: entries, unit: 'entries' });
     return layer;
   });
+}
+
+/** File sizes of a tree, each hard-link group counted once (the kernel stores its data once). */
+function treeFiles(entries: readonly TreeEntry[]): { path: string; size: number }[] {
+  const seenInodes = new Set<number>();
+  return entries.flatMap((entry) => {
+    if (entry.type !== 'file' || (entry.inode !== undefined && seenInodes.has(entry.inode))) return [];
+    if (entry.inode !== undefined) seenInodes.add(entry.inode);
+    return [{ path: displayPath(entry.path), size: dataSize(entry) }];
+  });
+}
+
+function warnDroppedXattrs(xattrs: readonly DroppedXattr[], log: Logger, label: string): void {
+  if (xattrs.length === 0) return;
+  const listed = xattrs.map((x) => `/${displayPath(x.path)} (${x.name})`);
+  log.warn(`${label}: newc cannot carry extended attributes; recorded in /etc/rampack/xattrs.json for the agent to restore: ${listed.join(', ')}`);
 }
 
 export async function buildTarget(target: BuildTarget, options: BuildOptions): Promise<ManifestImage> {
@@ -95,17 +137,28 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   }
   const agentSha256 = createHash('sha256').update(agent).digest('hex');
 
-  const store = await openContentStore(target.image, options);
+  const reporter = options.reporter ?? silentReporter;
+  const pull: PullCount = { total: 0, downloaded: 0 };
+  reporter.start('resolve');
+  const store = await openContentStore(target.image, {
+    ...options,
+    onBlobBytes: (_digest, bytes) => {
+      pull.downloaded += bytes;
+      reporter.progress('pull', { done: pull.downloaded, total: pull.total, unit: 'bytes' });
+    },
+  });
   const image = await resolveImage(store, target.arch);
+  pull.total = image.layers.reduce((sum, layer) => sum + layer.size, 0);
+  reporter.end('resolve', `${image.manifestDigest} (${image.layers.length} layers)`);
   options.log.info(`${label}: ${image.reference} -> ${image.manifestDigest} (${image.layers.length} layers)`);
 
-  const flat = flattenLayers(await unpackLayers(image, store, options));
+  const blobPaths = await pullLayers(image, store, pull, reporter);
+  reporter.start('flatten');
+  const flat = flattenLayers(await unpackLayers(image, blobPaths, options, reporter));
   for (const warning of flat.warnings) options.log.warn(`${label}: ${warning}`);
-  if (flat.droppedXattrs.length > 0) {
-    const paths = [...new Set(flat.droppedXattrs.map((x) => `/${displayPath(x.path)}`))];
-    options.log.warn(`${label}: newc cannot carry extended attributes; recorded in /etc/rampack/xattrs.json for ${paths.join(', ')}`);
-  }
-  const { entries, imageJson } = injectAgent(flat.entries, {
+  const mtime = addedFilesMtime(image, options.sourceDateEpoch);
+  const tree = await applyTreeOptions(flat.entries, target, { mtime, log: options.log, label });
+  const { entries, imageJson, recordedXattrs } = injectAgent(tree, {
     image,
     language: target.language,
     version: target.version,
@@ -114,11 +167,15 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
     agentSha256,
     extraEnv: target.env,
     droppedXattrs: flat.droppedXattrs,
-    mtime: addedFilesMtime(image, options.sourceDateEpoch),
+    mtime,
   });
 
+  warnDroppedXattrs(recordedXattrs, options.log, label);
+  reporter.end('flatten', `${entries.length} entries`);
+
   const file = outputFileName(target);
-  const uncompressed = new Measure();
+  reporter.start('compress');
+  const uncompressed = new Measure((bytes) => reporter.progress('compress', { done: bytes, unit: 'bytes' }));
   const compressed = new Measure();
   await writeAtomically(join(options.outDir, file), (temporary) =>
     pipeline(
@@ -129,7 +186,15 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
       createWriteStream(temporary),
     ),
   );
+  const ratio = (uncompressed.bytes / Math.max(1, compressed.bytes)).toFixed(1);
+  reporter.end('compress', `${formatBytes(uncompressed.bytes)} -> ${formatBytes(compressed.bytes)} (${target.compression}, ${ratio}x)`);
   options.log.info(`${label}: wrote ${file} (${entries.length} entries, ${uncompressed.bytes} -> ${compressed.bytes} bytes)`);
+  const directories = sizeByDirectory(treeFiles(entries), 2).slice(0, 5);
+  options.log.debug(`${label}: largest directories: ${directories.map((dir) => `${dir.path} ${formatBytes(dir.bytes)}`).join(', ')}`);
+  if (target.memoryBudget !== undefined) {
+    const warning = memoryBudgetWarning({ label, budgetBytes: target.memoryBudget, compressedBytes: compressed.bytes, uncompressedBytes: uncompressed.bytes, directories });
+    if (warning !== undefined) options.log.warn(warning);
+  }
   return {
     language: target.language,
     version: target.version,

@@ -2,14 +2,19 @@
 import { join, resolve } from 'node:path';
 import { Command, Option } from 'commander';
 import { buildTarget, type BuildOptions } from '../build/build.ts';
+import { isLocalSource } from '../build/source.ts';
 import { COMPRESSIONS, type Compression } from '../compress/index.ts';
 import { UsageError } from '../errors.ts';
 import { parseImageReference } from '../image/reference.ts';
 import { ARCHES, type Arch } from '../image/source.ts';
-import { MANIFEST_FILE, mergeImages, readManifest, writeManifest } from '../manifest/manifest.ts';
+import { fragmentPath, MANIFEST_FILE, mergeImages, readManifest, writeFragment, writeManifest, type ManifestImage } from '../manifest/manifest.ts';
+import { withPulledAgent } from '../recipe/agent-image.ts';
+import { inputDigest, selectCells } from '../recipe/plan.ts';
 import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from '../recipe/recipe.ts';
 import { defaultCacheDir } from '../registry/cache.ts';
-import { lineLogger, type Logger } from '../util/log.ts';
+import { loadConfigMirrors, mergeMirrors, mirrorsFromFlags } from '../registry/mirrors.ts';
+import { registryEnvironment } from '../registry/environment.ts';
+import { createOutput } from './progress.ts';
 
 interface BuildFlags {
   image?: string;
@@ -24,8 +29,14 @@ interface BuildFlags {
   cache?: string;
   username?: string;
   passwordStdin?: boolean;
+  caFile?: string;
+  insecureRegistry: string[];
+  registryMirror: string[];
+  config?: string;
   quiet?: boolean;
   verbose?: boolean;
+  json?: boolean;
+  only?: string;
 }
 
 const HOST_ARCH: Arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
@@ -43,7 +54,7 @@ function collect(value: string, previous: string[]): string[] {
 /** A target from --image and friends; language and version default from the reference. */
 function flagTarget(flags: BuildFlags): BuildTarget {
   const image = flags.image!;
-  const registryRef = image.startsWith('oci:') ? undefined : parseImageReference(image);
+  const registryRef = isLocalSource(image) ? undefined : parseImageReference(image);
   const language = flags.language ?? registryRef?.repository.split('/').pop();
   const version = flags.version ?? registryRef?.tag;
   if (!language || !version) {
@@ -83,7 +94,7 @@ async function recipeTargetsFrom(paths: string[], flags: BuildFlags): Promise<Bu
   return targets;
 }
 
-async function readPassword(): Promise<string> {
+export async function readPassword(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
   return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
@@ -93,8 +104,9 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   if (paths.length > 0 === Boolean(flags.image)) {
     throw new UsageError('give recipe files or directories, or --image REF --agent FILE, but not both');
   }
-  const log: Logger = lineLogger(flags);
-  const targets = flags.image ? [flagTarget(flags)] : await recipeTargetsFrom(paths, flags);
+  const output = createOutput(flags);
+  const log = output.log;
+  const targets = selectCells(flags.image ? [flagTarget(flags)] : await recipeTargetsFrom(paths, flags), flags.only);
   const outDir = resolve(flags.out);
   const sourceDateEpoch = process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : undefined;
   if (sourceDateEpoch !== undefined && !Number.isInteger(sourceDateEpoch)) {
@@ -107,12 +119,31 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
     sourceDateEpoch,
     username: flags.username,
     password: flags.passwordStdin ? await readPassword() : undefined,
+    caFile: flags.caFile && resolve(flags.caFile),
+    insecureRegistries: flags.insecureRegistry,
+    mirrors: mergeMirrors(await loadConfigMirrors(flags.config && resolve(flags.config)), mirrorsFromFlags(flags.registryMirror)),
+    ...registryEnvironment(),
   };
   const manifestPath = join(outDir, MANIFEST_FILE);
-  for (const target of targets) {
-    const image = await buildTarget(target, options);
-    const changed = await writeManifest(manifestPath, mergeImages(await readManifest(manifestPath), [image]));
-    log.info(`${changed ? 'updated' : 'unchanged'}: ${manifestPath}`);
+  const built: ManifestImage[] = [];
+  await output.runJobs(
+    targets.map((target) => ({
+      label: `${target.language} ${target.version} ${target.arch}`,
+      run: async (reporter) => {
+        const image = await buildTarget(await withPulledAgent(target, options), { ...options, reporter });
+        reporter.start('write');
+        // A cell built alone writes only its fragment: parallel builds never share a manifest.
+        const changed = flags.only
+          ? await writeFragment(outDir, flags.only, image, await inputDigest(target))
+          : await writeManifest(manifestPath, mergeImages(await readManifest(manifestPath), [image]));
+        reporter.end('write', `${image.file}, ${changed ? 'updated' : 'unchanged'} ${flags.only ? fragmentPath(outDir, flags.only) : manifestPath}`);
+        built.push(image);
+      },
+    })),
+  );
+  if (flags.json) {
+    const images = built.map((image) => ({ ...image, path: join(outDir, image.file) }));
+    process.stdout.write(`${JSON.stringify({ manifest: manifestPath, images }, null, 2)}\n`);
   }
 }
 
@@ -120,7 +151,7 @@ export function buildCommand(): Command {
   return new Command('build')
     .description('build initramfs images from recipes, or from one image given by --image')
     .argument('[recipes...]', 'recipe files, or directories of *.yaml recipes')
-    .option('--image <ref>', 'image to build: registry reference (host/repo:tag, @sha256:...) or oci:DIR[:TAG]')
+    .option('--image <ref>', 'image to build: registry reference (host/repo:tag, @sha256:...), oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG]')
     .option('--agent <file>', 'agent binary to install as /init (overrides the recipe)')
     .addOption(new Option('--arch <arch>', 'architecture to build (with recipes: only this one)').choices(ARCHES))
     .addOption(new Option('--compression <codec>', 'initramfs compression').choices(COMPRESSIONS.filter((c) => c !== 'none')))
@@ -132,8 +163,14 @@ export function buildCommand(): Command {
     .option('--cache <dir>', 'blob and layer cache (default: ~/.cache/rampack)')
     .option('--username <user>', 'registry user name')
     .option('--password-stdin', 'read the registry password from standard input')
+    .option('--ca-file <pem>', 'extra CA certificates (PEM) to trust for registry TLS')
+    .option('--insecure-registry <host>', 'skip TLS verification for this registry, and allow plain HTTP to it (repeatable)', (host: string, hosts: string[]) => [...hosts, host], [])
+    .option('--registry-mirror <registry=url>', 'try this mirror before the registry, e.g. docker.io=http://127.0.0.1:5000 (repeatable)', (mirror: string, mirrors: string[]) => [...mirrors, mirror], [])
+    .option('--config <file>', 'rampack config file with registryMirrors (default: ~/.config/rampack/config.yaml, if it exists)')
     .option('-q, --quiet', 'print warnings and errors only')
-    .option('-v, --verbose', 'print more detail')
+    .option('-v, --verbose', 'print more detail (plain log lines, no task view)')
+    .option('--only <key>', 'build only this cell of the recipes (a key from `rampack plan`) and write OUT/fragments/KEY.json instead of OUT/manifest.json')
+    .option('--json', 'print the images built (manifest entries with their paths) as JSON on stdout')
     .addHelpText(
       'after',
       `
@@ -141,7 +178,11 @@ Examples:
   rampack build recipes/go.yaml
   rampack build recipes/ --arch x86_64
   rampack build --image 127.0.0.1:5000/library/golang:1.23 --agent agent-bin/x86_64/agent
-  rampack build --image oci:./golang-layout:1.23 --agent ./agent --language go --version 1.23 --compression zstd`,
+  rampack build --image oci:./golang-layout:1.23 --agent ./agent --language go --version 1.23 --compression zstd
+  rampack build recipes/ --json > built.json
+
+In a terminal, progress is a task view per image and stage; in CI (CI is set), with --quiet or --verbose,
+or when stderr is not a terminal, it is plain timestamped lines. NO_COLOR turns colors off.`,
     )
     .action(runBuild);
 }

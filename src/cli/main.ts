@@ -2,21 +2,62 @@
 /** rampack's command line: parses arguments, runs a command, maps errors to exit codes. */
 import { Command, CommanderError } from 'commander';
 import { ExitCode, RampackError } from '../errors.ts';
+import { closeTransports } from '../registry/transport.ts';
 import { TOOL_VERSION } from '../version.ts';
 import { buildCommand } from './build.ts';
+import { completionCommand } from './completion.ts';
+import { diffCommand } from './diff.ts';
+import { inspectCommand } from './inspect.ts';
+import { verifyCommand } from './verify.ts';
+import { keygenCommand } from './keygen.ts';
+import { manifestCommand } from './manifest.ts';
+import { planCommand } from './plan.ts';
+import { publishCommand } from './publish.ts';
 
 /** Usage errors throw (so they map to exit code 2) instead of exiting inside commander. */
 function strict(command: Command): Command {
   return command.exitOverride().showHelpAfterError('(run with --help for usage)');
 }
 
+const EXIT_CODES_HELP = `
+Exit codes: 0 ok, 1 internal error (a bug), 2 usage error, 3 input error (recipe, image, agent, file),
+4 network or registry error, 5 verification failure (digest mismatch, failed boot check).
+
+Examples:
+  rampack build recipes/ --out out
+  rampack inspect out/go-1.23-x86_64.cpio.gz
+  rampack diff old/go-1.23-x86_64.cpio.gz out/go-1.23-x86_64.cpio.gz
+  rampack verify --boot out/manifest.json --recipe recipes/go.yaml
+
+Documentation: docs/cli.md; rampack COMMAND --help for each command.`;
+
+/** --debug is accepted after the command name too (main() looks for it in argv). */
+function acceptDebugEverywhere(cli: Command): Command {
+  for (const command of cli.commands) command.option('--debug', 'show stack traces of errors');
+  return cli;
+}
+
 function program(): Command {
+  const cli = commands()
+    .addCommand(strict(inspectCommand()))
+    .addCommand(strict(diffCommand()))
+    .addCommand(strict(verifyCommand()))
+    .addCommand(strict(completionCommand()));
+  return acceptDebugEverywhere(cli);
+}
+
+function commands(): Command {
   return strict(new Command('rampack'))
     .description('Turn OCI container images into compressed initramfs images for microVMs, with your agent as /init.')
     .version(TOOL_VERSION, '-V, --version', 'print rampack’s version')
     .enablePositionalOptions()
     .option('--debug', 'show stack traces of errors')
-    .addCommand(strict(buildCommand()));
+    .addHelpText('after', EXIT_CODES_HELP)
+    .addCommand(strict(buildCommand()))
+    .addCommand(strict(planCommand()))
+    .addCommand(strict(manifestCommand()))
+    .addCommand(strict(publishCommand()))
+    .addCommand(strict(keygenCommand()));
 }
 
 function report(error: unknown, debug: boolean): number {
@@ -42,6 +83,8 @@ export async function main(argv: readonly string[]): Promise<number> {
     return ExitCode.ok;
   } catch (error) {
     return report(error, argv.includes('--debug'));
+  } finally {
+    closeTransports();
   }
 }
 

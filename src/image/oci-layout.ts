@@ -7,6 +7,7 @@ import { join, resolve } from 'node:path';
 import { InputError, VerificationError } from '../errors.ts';
 import { digestHex, isDigest, sha256Digest } from '../util/digest.ts';
 import type { ContentStore } from './source.ts';
+import { checkDescriptors, parseJsonObject } from './validate.ts';
 import type { Descriptor, FetchedManifest, ImageIndex } from './types.ts';
 
 export const OCI_LAYOUT_PREFIX = 'oci:';
@@ -102,29 +103,42 @@ export class OciLayoutStore implements ContentStore {
         hint: 'export an image with `skopeo copy docker://IMAGE oci:DIR:TAG`',
       });
     }
-    try {
-      const index = JSON.parse(text) as ImageIndex;
-      if (!Array.isArray(index.manifests)) throw new Error('"manifests" is not an array');
-      return index;
-    } catch (error) {
-      throw new InputError(`${path} is not a valid OCI index: ${(error as Error).message}`);
-    }
+    return parseLayoutIndex(text, path);
   }
 
   /** The index.json entry the reference names: by digest, by tag, or the only one. */
   private async rootDescriptor(): Promise<Descriptor> {
-    const { manifests } = await this.readIndex();
-    const { tag, digest } = this.layout;
-    const matches = digest
-      ? manifests.filter((entry) => entry.digest === digest)
-      : tag
-        ? manifests.filter((entry) => entry.annotations?.[REF_NAME_ANNOTATION] === tag)
-        : manifests;
-    if (matches.length === 1) return matches[0]!;
-    const tags = manifests.map((entry) => entry.annotations?.[REF_NAME_ANNOTATION]).filter(Boolean);
-    if (matches.length === 0) {
-      throw new InputError(`OCI layout ${this.layout.dir} has no image ${tag ? `tagged "${tag}"` : digest}; tags: ${tags.join(', ') || 'none'}`);
-    }
-    throw new InputError(`OCI layout ${this.layout.dir} holds ${matches.length} images; name one: ${tags.map((t) => `oci:${this.layout.dir}:${t}`).join(', ')}`);
+    const { dir } = this.layout;
+    return selectLayoutEntry(await this.readIndex(), this.layout, `OCI layout ${dir}`, (tag) => `${OCI_LAYOUT_PREFIX}${dir}:${tag}`);
   }
+}
+
+/** Parses an OCI layout's index.json (`path` names it in errors). */
+export function parseLayoutIndex(text: string, path: string): ImageIndex {
+  const index = parseJsonObject<ImageIndex>(text, `OCI index ${path}`);
+  checkDescriptors(index.manifests, `OCI index ${path}: manifests`);
+  return index;
+}
+
+/**
+ * The index.json entry a reference names: by digest, by tag, or the only one.
+ * `layout` names the layout in errors; `referenceFor` spells a reference to one of its tags.
+ */
+export function selectLayoutEntry(
+  { manifests }: ImageIndex,
+  { tag, digest }: { tag?: string; digest?: string },
+  layout: string,
+  referenceFor: (tag: string) => string,
+): Descriptor {
+  const matches = digest
+    ? manifests.filter((entry) => entry.digest === digest)
+    : tag
+      ? manifests.filter((entry) => entry.annotations?.[REF_NAME_ANNOTATION] === tag)
+      : manifests;
+  if (matches.length === 1) return matches[0]!;
+  const tags = manifests.map((entry) => entry.annotations?.[REF_NAME_ANNOTATION]).filter((name) => name !== undefined);
+  if (matches.length === 0) {
+    throw new InputError(`${layout} has no image ${tag ? `tagged "${tag}"` : digest}; tags: ${tags.join(', ') || 'none'}`);
+  }
+  throw new InputError(`${layout} holds ${matches.length} images; name one: ${tags.map(referenceFor).join(', ')}`);
 }

@@ -1,19 +1,12 @@
 import { InputError, VerificationError } from '../errors.ts';
 import { sha256Digest } from '../util/digest.ts';
 import { checkConfigArch, selectPlatform } from './platform.ts';
+import { checkDescriptor, checkDescriptors, isRecord, parseJsonObject } from './validate.ts';
 import type { Arch, ContentStore, ResolvedImage } from './source.ts';
 import { MediaType, type Descriptor, type FetchedManifest, type ImageConfig, type ImageIndex, type ImageManifest } from './types.ts';
 
 const INDEX_TYPES = new Set<string>([MediaType.ociIndex, MediaType.dockerManifestList]);
 const MANIFEST_TYPES = new Set<string>([MediaType.ociManifest, MediaType.dockerManifest]);
-
-function parseJson<T>(bytes: Buffer, what: string): T {
-  try {
-    return JSON.parse(bytes.toString('utf8')) as T;
-  } catch (error) {
-    throw new InputError(`${what} is not valid JSON: ${(error as Error).message}`);
-  }
-}
 
 /** The media type a document declares, falling back on the one it was served with. */
 function documentType(fetched: FetchedManifest, parsed: { mediaType?: string; manifests?: unknown }): string {
@@ -23,14 +16,21 @@ function documentType(fetched: FetchedManifest, parsed: { mediaType?: string; ma
 }
 
 function checkManifest(manifest: ImageManifest, what: string): void {
-  if (manifest.schemaVersion !== 2 || !manifest.config?.digest || !Array.isArray(manifest.layers)) {
+  if (manifest.schemaVersion !== 2) {
     throw new InputError(`${what} is not an OCI or Docker schema2 image manifest (schemaVersion 2 with config and layers)`);
   }
+  checkDescriptor(manifest.config, `${what}: config`);
+  checkDescriptors(manifest.layers, `${what}: layers`);
 }
 
 function checkConfig(config: ImageConfig, layers: readonly Descriptor[], what: string): void {
-  const diffIds = config.rootfs?.diff_ids;
-  if (!Array.isArray(diffIds)) throw new InputError(`${what}: rootfs.diff_ids is missing`);
+  const diffIds: unknown = isRecord(config.rootfs) ? config.rootfs.diff_ids : undefined;
+  if (!Array.isArray(diffIds) || !diffIds.every((id) => typeof id === 'string')) {
+    throw new InputError(`${what}: rootfs.diff_ids is missing or not a list of digests`);
+  }
+  if (config.config !== undefined && config.config !== null && !isRecord(config.config)) {
+    throw new InputError(`${what}: "config" is not an object`);
+  }
   if (diffIds.length !== layers.length) {
     throw new InputError(`${what}: rootfs.diff_ids has ${diffIds.length} entries but the manifest has ${layers.length} layers`);
   }
@@ -39,22 +39,23 @@ function checkConfig(config: ImageConfig, layers: readonly Descriptor[], what: s
 /** Resolves a store's reference to the image for `arch`, verifying the config's digest. */
 export async function resolveImage(store: ContentStore, arch: Arch): Promise<ResolvedImage> {
   const root = await store.fetchRootManifest();
-  const rootDoc = parseJson<ImageManifest & ImageIndex>(root.bytes, `manifest of ${store.reference}`);
+  const rootDoc = parseJsonObject<ImageManifest & ImageIndex>(root.bytes, `manifest of ${store.reference}`);
   let manifestFetched = root;
   let indexDigest: string | undefined;
   if (INDEX_TYPES.has(documentType(root, rootDoc))) {
     indexDigest = root.digest;
-    const chosen = selectPlatform(rootDoc.manifests ?? [], arch, store.reference);
+    checkDescriptors(rootDoc.manifests, `index of ${store.reference}: manifests`);
+    const chosen = selectPlatform(rootDoc.manifests, arch, store.reference);
     manifestFetched = await store.fetchManifest(chosen);
   }
   const what = `image ${store.reference} (manifest ${manifestFetched.digest})`;
-  const manifest = parseJson<ImageManifest>(manifestFetched.bytes, what);
+  const manifest = parseJsonObject<ImageManifest>(manifestFetched.bytes, what);
   checkManifest(manifest, what);
   const configBytes = await store.fetchBlob(manifest.config);
   if (sha256Digest(configBytes) !== manifest.config.digest) {
     throw new VerificationError(`config of ${what} does not match its digest ${manifest.config.digest}`);
   }
-  const config = parseJson<ImageConfig>(configBytes, `config of ${what}`);
+  const config = parseJsonObject<ImageConfig>(configBytes, `config of ${what}`);
   checkConfig(config, manifest.layers, `config of ${what}`);
   if (indexDigest === undefined) checkConfigArch(config.architecture, arch, store.reference);
   return {

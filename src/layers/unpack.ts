@@ -1,11 +1,11 @@
 /**
  * The unpacked layer cache: every layer is verified and decompressed once to
- * `<cacheDir>/layers/sha256/<diffid>.tar`, beside an index of its entries
- * (`<diffid>.json`). Later stages read file data from the .tar by offset, and
+ * `<cacheDir>/layers/sha256/<diffid>.tar` (sparse: zero blocks are holes),
+ * beside an index of its entries (`<diffid>.json`). Later stages read file data from the .tar by offset, and
  * warm rebuilds reuse both files without touching the blob.
  */
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream } from 'node:fs';
 import { open, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
@@ -15,6 +15,7 @@ import { InputError, VerificationError } from '../errors.ts';
 import type { Descriptor } from '../image/types.ts';
 import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
 import { digestHex } from '../util/digest.ts';
+import { SparseFileWriter } from './sparse-file.ts';
 import { type LayerEntry, TarIndexer, tarIndexStream } from './tar-index.ts';
 
 export interface UnpackedLayer {
@@ -106,7 +107,7 @@ async function decompressAndIndex(
       createDecompressor(encoding),
       uncompressed,
       tarIndexStream(indexer),
-      createWriteStream(temporary),
+      new SparseFileWriter(temporary),
     ]);
   } catch (error) {
     // A damaged blob fails to decompress or parse; its digest is the clearer report.

@@ -1,12 +1,15 @@
 /**
  * The manifest the runtime reads at startup to find an initramfs:
- * out/manifest.json. docs/manifest.md describes it; schemaVersion changes
- * only when a reader would misread the new form.
+ * out/manifest.json. schemas/manifest.schema.json is the contract and
+ * docs/manifest.md explains it; schemaVersion changes only when a reader
+ * would misread the new form.
  */
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { Compression } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
 import type { Arch } from '../image/source.ts';
+import { schemaProblems } from '../recipe/json-schema.ts';
 import { writeFileAtomically } from '../util/atomic.ts';
 import { TOOL_VERSION } from '../version.ts';
 
@@ -32,6 +35,8 @@ export interface ManifestImage {
   };
   agent: { sha256: string };
   env: string[];
+  /** The cell's input digest (src/recipe/plan.ts), in manifests merged from fragments. */
+  inputDigest?: string;
 }
 
 export interface Manifest {
@@ -52,6 +57,34 @@ export function emptyManifest(): Manifest {
   return { schemaVersion: MANIFEST_SCHEMA_VERSION, generator: { name: 'rampack', version: TOOL_VERSION }, images: [] };
 }
 
+/** Parses and validates manifest text; `path` names it in errors. */
+export async function parseManifest(text: string, path: string): Promise<Manifest> {
+  let manifest: Manifest;
+  try {
+    manifest = JSON.parse(text) as Manifest;
+  } catch (error) {
+    throw new InputError(`manifest ${path} is not valid JSON: ${(error as Error).message}`, { hint: 'remove it or restore it' });
+  }
+  if (manifest?.schemaVersion !== MANIFEST_SCHEMA_VERSION) {
+    throw new InputError(`manifest ${path} has schemaVersion ${String(manifest?.schemaVersion)}; this rampack writes ${MANIFEST_SCHEMA_VERSION}`, {
+      hint: 'write to another --out directory or remove the old manifest',
+    });
+  }
+  const problems = await schemaProblems('manifest.schema.json', manifest);
+  if (problems.length > 0) {
+    throw new InputError(`manifest ${path}: ${problems.join('; ')}`, { hint: 'see schemas/manifest.schema.json' });
+  }
+  return manifest;
+}
+
+/** Reads a manifest that must exist, with its exact bytes (what a signature covers). */
+export async function loadManifest(path: string): Promise<{ manifest: Manifest; bytes: Buffer }> {
+  const bytes = await readFile(path).catch((error: NodeJS.ErrnoException) => {
+    throw new InputError(`cannot read manifest ${path}: ${error.code ?? error.message}`);
+  });
+  return { manifest: await parseManifest(bytes.toString('utf8'), path), bytes };
+}
+
 /** Reads a manifest; a missing file is an empty manifest. */
 export async function readManifest(path: string): Promise<Manifest> {
   let text: string;
@@ -61,18 +94,7 @@ export async function readManifest(path: string): Promise<Manifest> {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return emptyManifest();
     throw error;
   }
-  let manifest: Manifest;
-  try {
-    manifest = JSON.parse(text) as Manifest;
-  } catch (error) {
-    throw new InputError(`manifest ${path} is not valid JSON: ${(error as Error).message}`, { hint: 'remove it or restore it' });
-  }
-  if (manifest.schemaVersion !== MANIFEST_SCHEMA_VERSION || !Array.isArray(manifest.images)) {
-    throw new InputError(`manifest ${path} has schemaVersion ${String(manifest.schemaVersion)}; this rampack writes ${MANIFEST_SCHEMA_VERSION}`, {
-      hint: 'write to another --out directory or remove the old manifest',
-    });
-  }
-  return manifest;
+  return parseManifest(text, path);
 }
 
 /**
@@ -106,4 +128,51 @@ export async function writeManifest(path: string, manifest: Manifest): Promise<b
   if (current === text) return false;
   await writeFileAtomically(path, text);
   return true;
+}
+
+export const FRAGMENTS_DIR = 'fragments';
+
+/** Where `rampack build --only KEY` writes its fragment: OUT/fragments/KEY.json (file names stay relative to OUT). */
+export function fragmentPath(outDir: string, key: string): string {
+  return join(outDir, FRAGMENTS_DIR, `${key}.json`);
+}
+
+function describeImage(image: ManifestImage): string {
+  return `${image.language} ${image.version} ${image.arch}`;
+}
+
+/**
+ * Joins fragments (manifests of one or more cells) into one manifest. The
+ * same cell in two fragments must be identical, and each language and arch
+ * may have one default version: anything else is a conflict, named with
+ * both fragments, rather than a silent choice.
+ */
+export function mergeFragments(fragments: ReadonlyArray<{ path: string; manifest: Manifest }>): Manifest {
+  const cells = new Map<string, { image: ManifestImage; path: string }>();
+  const defaults = new Map<string, { image: ManifestImage; path: string }>();
+  for (const { path, manifest } of fragments) {
+    for (const image of manifest.images) {
+      const seen = cells.get(imageKey(image));
+      if (seen && JSON.stringify(seen.image) !== JSON.stringify(image)) {
+        throw new InputError(`fragments ${seen.path} and ${path} both hold ${describeImage(image)}, with different contents`, {
+          hint: 'build each cell once, or drop the stale fragment',
+        });
+      }
+      cells.set(imageKey(image), { image, path });
+      const defaultKey = `${image.language}\0${image.arch}`;
+      const other = defaults.get(defaultKey);
+      if (image.default && other && other.image.version !== image.version) {
+        throw new InputError(`fragments ${other.path} and ${path} both mark a default ${image.language} for ${image.arch}: ${other.image.version} and ${image.version}`, {
+          hint: 'the fragments come from different recipes; rebuild them from one',
+        });
+      }
+      if (image.default) defaults.set(defaultKey, { image, path });
+    }
+  }
+  return { ...emptyManifest(), images: [...cells.values()].map((cell) => cell.image).sort(compareImages) };
+}
+
+/** Writes the fragment of one cell (with its input digest); false when it was already so. */
+export async function writeFragment(outDir: string, key: string, image: ManifestImage, inputDigest: string): Promise<boolean> {
+  return writeManifest(fragmentPath(outDir, key), { ...emptyManifest(), images: [{ ...image, inputDigest }] });
 }

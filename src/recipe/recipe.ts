@@ -5,11 +5,12 @@
  */
 import { readFile, readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { Ajv, type ErrorObject } from 'ajv';
 import { parseDocument } from 'yaml';
 import type { Compression } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
 import { ARCHES, type Arch } from '../image/source.ts';
+import { parseByteSize } from '../inspect/size.ts';
+import { schemaProblems } from './json-schema.ts';
 
 export interface RecipeVersion {
   version: string;
@@ -18,17 +19,51 @@ export interface RecipeVersion {
   default?: boolean;
 }
 
+/** The agent inside an image: a multi-arch index gives each arch its own binary. */
+export interface AgentImage {
+  image: string;
+  path?: string;
+}
+
+/** A file path ({arch} replaced) or an image holding the agent. */
+export type AgentSpec = string | AgentImage;
+
+export interface RecipeFile {
+  source: string;
+  destination: string;
+  /** Octal string, e.g. "0755". */
+  mode?: string;
+  /** Numeric "uid:gid". */
+  owner?: string;
+}
+
 export interface Recipe {
   language: string;
   image: string;
   versions: RecipeVersion[];
   arches?: Arch[];
-  agent?: string | Partial<Record<Arch, string>>;
+  agent?: AgentSpec | Partial<Record<Arch, AgentSpec>>;
   compression?: 'gzip' | 'zstd';
   level?: number;
   env?: string[];
   smoke?: string[];
+  memoryBudget?: string;
+  files?: RecipeFile[];
+  drop?: string[];
 }
+
+/** A file to add to the image tree, resolved for one arch. */
+export interface ExtraFile {
+  /** Absolute path on the build machine. */
+  source: string;
+  /** Absolute path in the image, as written in the recipe. */
+  destination: string;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+export const DEFAULT_AGENT_PATH = '/agent';
 
 /** One image to build: a cell of language x version x arch. */
 export interface BuildTarget {
@@ -38,50 +73,35 @@ export interface BuildTarget {
   arch: Arch;
   /** Full image reference: repository plus tag and/or digest. */
   image: string;
-  /** Agent binary path, undefined when the recipe names none. */
+  /** Agent binary path; when set it wins over agentImage (--agent overrides the recipe). */
   agent?: string;
+  /** Image holding the agent, pulled into the cache before the build (src/recipe/agent-image.ts). */
+  agentImage?: { reference: string; path: string };
   compression: Compression;
   level?: number;
   env: string[];
   /** Command proving the language works in the booted image. */
   smoke?: string[];
+  /** RAM of the VM that boots the image, in bytes: the build warns when unpacking would not fit. */
+  memoryBudget?: number;
+  /** Files added to the tree. */
+  files?: ExtraFile[];
+  /** Globs of paths left out of the tree. */
+  drop?: string[];
   /** Where the target came from, for messages. */
   origin: string;
 }
 
-const schemaFile = new URL('../../schemas/recipe.schema.json', import.meta.url);
-let validator: ReturnType<Ajv['compile']> | undefined;
-
-async function validate(document: unknown): Promise<ErrorObject[]> {
-  if (!validator) {
-    const schema = JSON.parse(await readFile(schemaFile, 'utf8')) as object;
-    validator = new Ajv({ allErrors: true }).compile(schema);
-  }
-  return validator(document) ? [] : (validator.errors ?? []);
+function agentSpecs(recipe: Recipe): Array<[field: string, spec: AgentSpec]> {
+  const agent = recipe.agent;
+  if (agent === undefined) return [];
+  if (typeof agent === 'string' || 'image' in agent) return [['agent', agent as AgentSpec]];
+  return Object.entries(agent).map(([arch, spec]) => [`agent.${arch}`, spec]);
 }
 
-/** "/versions/1/tag" -> "versions[1].tag" */
-function fieldName(pointer: string): string {
-  const parts = pointer.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-  return parts.reduce((name, part) => (/^\d+$/.test(part) ? `${name}[${part}]` : name ? `${name}.${part}` : part), '');
-}
-
-function describeError(error: ErrorObject): string {
-  const field = fieldName(error.instancePath) || '(top level)';
-  if (error.keyword === 'additionalProperties') {
-    return `${field}: unknown field "${String(error.params.additionalProperty)}"`;
-  }
-  if (error.keyword === 'enum') {
-    return `${field}: must be one of ${(error.params.allowedValues as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
-  }
-  if (error.keyword === 'required') return `${field}: missing required field "${String(error.params.missingProperty)}"`;
-  return `${field}: ${error.message ?? 'is invalid'}`;
-}
-
-/** Errors of a oneOf hide the useful branch errors: keep the most specific ones. */
-function usefulErrors(errors: ErrorObject[]): ErrorObject[] {
-  const specific = errors.filter((e) => e.keyword !== 'oneOf' && e.keyword !== 'type');
-  return specific.length > 0 ? specific : errors.filter((e) => e.keyword !== 'oneOf');
+/** "/a/./b", "/a/../b" or "/a//b" would not name the path the reader expects. */
+function isCleanAbsolutePath(path: string): boolean {
+  return path.split('/').slice(1).every((part) => part !== '' && part !== '.' && part !== '..');
 }
 
 function semanticProblems(recipe: Recipe): string[] {
@@ -97,6 +117,18 @@ function semanticProblems(recipe: Recipe): string[] {
   if (typeof recipe.agent === 'string' && (recipe.arches ?? ARCHES).length > 1 && !recipe.agent.includes('{arch}')) {
     problems.push('agent: one path for several arches; put {arch} in it or give one path per arch');
   }
+  for (const [field, spec] of agentSpecs(recipe)) {
+    if (typeof spec !== 'string' && spec.path !== undefined && !isCleanAbsolutePath(spec.path)) {
+      problems.push(`${field}.path: "${spec.path}" must be a clean absolute path (no ., .. or //)`);
+    }
+  }
+  recipe.files?.forEach((file, i) => {
+    if (!isCleanAbsolutePath(file.destination)) {
+      problems.push(`files[${i}].destination: "${file.destination}" must be a clean absolute path (no ., .. or //)`);
+    } else if (file.destination === '/init') {
+      problems.push(`files[${i}].destination: /init is the agent; set agent instead`);
+    }
+  });
   return problems;
 }
 
@@ -115,7 +147,7 @@ export async function loadRecipe(file: string): Promise<Recipe> {
     throw new InputError(`recipe ${file}${where}: invalid YAML: ${first.message.split('\n')[0]}`);
   }
   const recipe = document.toJS() as Recipe;
-  const problems = [...usefulErrors(await validate(recipe)).map(describeError)];
+  const problems = await schemaProblems('recipe.schema.json', recipe);
   if (problems.length === 0) problems.push(...semanticProblems(recipe));
   if (problems.length > 0) {
     throw new InputError(`recipe ${file}: ${[...new Set(problems)].join('; ')}`, {
@@ -149,9 +181,25 @@ export function imageReferenceFor(repository: string, version: RecipeVersion): s
   return version.digest ? `${repository}:${tag}@${version.digest}` : `${repository}:${tag}`;
 }
 
-function agentFor(recipe: Recipe, arch: Arch): string | undefined {
-  const template = typeof recipe.agent === 'string' ? recipe.agent : recipe.agent?.[arch];
-  return template === undefined ? undefined : resolve(template.replaceAll('{arch}', arch));
+function agentFor(recipe: Recipe, arch: Arch): Pick<BuildTarget, 'agent' | 'agentImage'> {
+  const agent = recipe.agent;
+  const spec = typeof agent === 'string' || (agent && 'image' in agent) ? (agent as AgentSpec) : agent?.[arch];
+  if (spec === undefined) return {};
+  if (typeof spec === 'string') return { agent: resolve(spec.replaceAll('{arch}', arch)) };
+  return { agentImage: { reference: spec.image, path: spec.path ?? DEFAULT_AGENT_PATH } };
+}
+
+function extraFiles(recipe: Recipe, arch: Arch): ExtraFile[] {
+  return (recipe.files ?? []).map((file) => {
+    const [uid, gid] = (file.owner ?? '0:0').split(':').map(Number) as [number, number];
+    return {
+      source: resolve(file.source.replaceAll('{arch}', arch)),
+      destination: file.destination,
+      mode: Number.parseInt(file.mode ?? '0644', 8),
+      uid,
+      gid,
+    };
+  });
 }
 
 /** Every language x version x arch cell of a recipe. */
@@ -164,11 +212,14 @@ export function recipeTargets(recipe: Recipe, origin: string): BuildTarget[] {
       isDefault: entry === defaultVersion,
       arch,
       image: imageReferenceFor(recipe.image, entry),
-      agent: agentFor(recipe, arch),
+      ...agentFor(recipe, arch),
       compression: recipe.compression ?? 'gzip',
       level: recipe.level,
       env: recipe.env ?? [],
       smoke: recipe.smoke,
+      memoryBudget: recipe.memoryBudget === undefined ? undefined : parseByteSize(recipe.memoryBudget, `recipe ${origin}: memoryBudget`),
+      files: extraFiles(recipe, arch),
+      drop: recipe.drop ?? [],
       origin,
     })),
   );

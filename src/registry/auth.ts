@@ -1,12 +1,16 @@
 /**
  * Registry authentication from `WWW-Authenticate` challenges: Basic (the
- * credentials on every request) and the Bearer token flow (a token per scope
- * from the challenge's realm, fetched with Basic credentials when known, else
- * anonymously; cached until it expires or the registry rejects it).
+ * credentials on every request) and the Bearer token flow: a token per scope
+ * from the challenge's realm, cached until it expires or the registry rejects
+ * it. With a password or an identity token, the token comes from the OAuth2
+ * POST (grant_type=password or refresh_token), falling back to the classic
+ * GET with Basic credentials where the realm has no POST; without
+ * credentials, from an anonymous GET.
  */
 import { RegistryError } from '../errors.ts';
 import type { CredentialLookup, Credentials } from './credentials.ts';
-import { checkTransient, describeNetworkError, TransientError, withRetries, type RetryPolicy } from './retry.ts';
+import { checkTransient, withRetries, type RetryPolicy } from './retry.ts';
+import type { Transport } from './transport.ts';
 
 export interface Challenge {
   scheme: string;
@@ -31,10 +35,17 @@ interface Token {
   expiresAt: number;
 }
 
-/** Tokens without expires_in live 60 s (the distribution spec's default and minimum). */
-const MIN_TOKEN_LIFETIME_S = 60;
-/** Renew a little early so a token does not expire between check and use. */
+/** Tokens without expires_in live 60 s (the distribution spec's default). */
+const DEFAULT_TOKEN_LIFETIME_S = 60;
+/** Renew a little early (at most 10 s, at most a quarter of the lifetime) so a token does not expire between check and use. */
 const TOKEN_RENEWAL_MARGIN_MS = 10_000;
+/** OAuth2 client_id for the POST flow; realms use it only for their logs. */
+const CLIENT_ID = 'rampack';
+/**
+ * Answers to the OAuth2 POST that mean "this realm has no POST flow" (404 on
+ * GCR, 401 on Artifactory, 400 on ACR, 405 elsewhere): retry with a GET.
+ */
+const NO_OAUTH_POST_STATUSES = new Set([400, 401, 404, 405]);
 
 export interface AuthorizerOptions {
   /** Registry as users name it, for credentials and messages. */
@@ -43,6 +54,7 @@ export interface AuthorizerOptions {
   lookup: CredentialLookup;
   userAgent: string;
   retry: RetryPolicy;
+  transport: Transport;
 }
 
 export class Authorizer {
@@ -80,7 +92,7 @@ export class Authorizer {
     const scheme = this.challenge?.scheme;
     if (scheme === 'basic') {
       const credentials = await this.lookupCredentials();
-      return credentials && `Basic ${basic(credentials)}`;
+      return credentials?.password ? `Basic ${basic(credentials)}` : undefined;
     }
     if (scheme === 'bearer') return `Bearer ${await this.token()}`;
     return undefined;
@@ -99,51 +111,62 @@ export class Authorizer {
     return token.value;
   }
 
-  private tokenUrl(): URL {
+  /** The challenge's realm, service and scopes (a challenge may list several, space-separated). */
+  private tokenRequest(): { realm: URL; service?: string; scopes: string[] } {
     const { realm, service } = this.challenge!.params;
     if (!realm) throw new RegistryError(`registry ${this.options.registry} sent a Bearer challenge without a realm`);
-    const url = new URL(realm);
-    if (service) url.searchParams.set('service', service);
-    // A challenge may list several scopes separated by spaces: one parameter each.
-    for (const scope of this.scope.split(' ').filter(Boolean)) url.searchParams.append('scope', scope);
-    return url;
+    return { realm: new URL(realm), service, scopes: this.scope.split(' ').filter(Boolean) };
   }
 
   private async fetchToken(): Promise<Token> {
-    const url = this.tokenUrl();
+    const request = this.tokenRequest();
     const credentials = await this.lookupCredentials();
-    const headers: Record<string, string> = { 'user-agent': this.options.userAgent };
-    if (credentials) headers.authorization = `Basic ${basic(credentials)}`;
-    const what = `getting a token for ${this.options.repository} from ${url.origin}`;
-    const hint = 'check that the registry and its token service are reachable, then retry';
-    const response = await withRetries(this.options.retry, { what, hint }, async () => {
-      const answer = await fetch(url, { headers }).catch((error: unknown) => {
-        throw new TransientError(`cannot connect: ${describeNetworkError(error)}`, { cause: error });
-      });
-      return checkTransient(answer, url.origin);
-    });
+    const what = `getting a token for ${this.options.repository} from ${request.realm.origin}`;
+    let response = credentials ? await this.postForToken(request, credentials, what) : undefined;
+    if (!response || (NO_OAUTH_POST_STATUSES.has(response.status) && !credentials?.identityToken)) {
+      void response?.body?.cancel();
+      response = await this.getToken(request, credentials, what);
+    }
     if (response.status === 401 || response.status === 403) {
       void response.body?.cancel();
       throw this.denied(credentials, response.status);
     }
     if (!response.ok) {
       void response.body?.cancel();
-      throw new RegistryError(`${what} failed: HTTP ${response.status}`, { hint, status: response.status });
+      throw new RegistryError(`${what} failed: HTTP ${response.status}`, { hint: TOKEN_HINT, status: response.status });
     }
-    return this.parseToken(await response.text(), what);
+    return parseToken(await response.text(), what);
   }
 
-  private parseToken(text: string, what: string): Token {
-    let body: { token?: string; access_token?: string; expires_in?: number };
-    try {
-      body = JSON.parse(text) as typeof body;
-    } catch {
-      throw new RegistryError(`${what}: the answer is not JSON`);
+  /** The OAuth2 flow: POST grant_type=password or refresh_token, secrets in the form body. */
+  private postForToken(request: { realm: URL; service?: string; scopes: string[] }, credentials: Credentials, what: string): Promise<Response> {
+    const form = new URLSearchParams({ client_id: CLIENT_ID });
+    if (request.service) form.set('service', request.service);
+    form.set('scope', request.scopes.join(' '));
+    if (credentials.identityToken) {
+      form.set('grant_type', 'refresh_token');
+      form.set('refresh_token', credentials.identityToken);
+    } else {
+      form.set('grant_type', 'password');
+      form.set('username', credentials.username);
+      form.set('password', credentials.password);
     }
-    const value = body.token || body.access_token;
-    if (!value) throw new RegistryError(`${what}: the answer holds no token`);
-    const lifetime = Math.max(MIN_TOKEN_LIFETIME_S, Number(body.expires_in) || 0);
-    return { value, expiresAt: Date.now() + lifetime * 1000 - TOKEN_RENEWAL_MARGIN_MS };
+    const headers = { 'content-type': 'application/x-www-form-urlencoded', 'user-agent': this.options.userAgent };
+    return this.sendWithRetries(request.realm, { method: 'POST', headers, body: form.toString() }, what);
+  }
+
+  /** The classic flow: GET realm?service=..&scope=.. with Basic credentials, or anonymously. */
+  private getToken(request: { realm: URL; service?: string; scopes: string[] }, credentials: Credentials | undefined, what: string): Promise<Response> {
+    const url = new URL(request.realm);
+    if (request.service) url.searchParams.set('service', request.service);
+    for (const scope of request.scopes) url.searchParams.append('scope', scope);
+    const headers: Record<string, string> = { 'user-agent': this.options.userAgent };
+    if (credentials?.password) headers.authorization = `Basic ${basic(credentials)}`;
+    return this.sendWithRetries(url, { headers }, what);
+  }
+
+  private sendWithRetries(url: URL, init: Parameters<Transport['send']>[1], what: string): Promise<Response> {
+    return withRetries(this.options.retry, { what, hint: TOKEN_HINT }, async () => checkTransient(await this.options.transport.send(url, init), url.origin));
   }
 
   /** The error for a registry that refuses access, with advice fitting whether credentials were sent. */
@@ -165,6 +188,21 @@ export class Authorizer {
   async deniedError(status: number): Promise<RegistryError> {
     return this.denied(await this.lookupCredentials(), status);
   }
+}
+
+const TOKEN_HINT = 'check that the registry and its token service are reachable, then retry';
+
+function parseToken(text: string, what: string): Token {
+  let body: { token?: string; access_token?: string; expires_in?: number };
+  try {
+    body = JSON.parse(text) as typeof body;
+  } catch {
+    throw new RegistryError(`${what}: the answer is not JSON`);
+  }
+  const value = body.token || body.access_token;
+  if (!value) throw new RegistryError(`${what}: the answer holds no token`);
+  const lifetimeMs = (Number(body.expires_in) > 0 ? Number(body.expires_in) : DEFAULT_TOKEN_LIFETIME_S) * 1000;
+  return { value, expiresAt: Date.now() + lifetimeMs - Math.min(TOKEN_RENEWAL_MARGIN_MS, lifetimeMs / 4) };
 }
 
 function basic(credentials: Credentials): string {

@@ -3,13 +3,13 @@
  * is written under a unique temporary name while it is hashed and enters the
  * cache by rename only once its size and digest check out, so readers never
  * see a partial or wrong blob and concurrent writers of one blob cannot clash.
+ * While it is written, a blob can grow over several transfers (a download
+ * resumed after a broken connection) or start over.
  */
-import { createHash } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { createHash, type Hash } from 'node:crypto';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { VerificationError } from '../errors.ts';
 import { writeAtomically } from '../util/atomic.ts';
 import { digestHex } from '../util/digest.ts';
@@ -38,31 +38,77 @@ export class BlobCache {
   }
 
   /** Streams `source` into the cache, verifying `size` and `digest`; returns the blob's path. */
-  async ingest(digest: string, size: number, source: AsyncIterable<Uint8Array>): Promise<string> {
+  ingest(digest: string, size: number, source: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<string> {
+    return this.write(digest, size, (blob) => blob.append(source));
+  }
+
+  /**
+   * Lets `fill` write the blob, in one go or in several appends and restarts;
+   * once it returns, the blob is verified and enters the cache.
+   */
+  async write(digest: string, size: number, fill: (blob: PartialBlob) => Promise<void>): Promise<string> {
     const path = this.path(digest);
     await writeAtomically(path, async (temporary) => {
-      const hash = createHash('sha256');
-      let received = 0;
-      const measure = async function* (chunks: AsyncIterable<Uint8Array>) {
-        for await (const chunk of chunks) {
-          received += chunk.length;
-          // Stop a server that sends more than promised before it fills the disk.
-          if (received > size) throw new VerificationError(`blob ${digest} is larger than its descriptor's ${size} bytes`);
-          hash.update(chunk);
-          yield chunk;
-        }
-      };
-      await pipeline(source, measure, createWriteStream(temporary, { flush: true }));
-      if (received !== size) {
-        throw new VerificationError(`blob ${digest} has ${received} bytes, its descriptor says ${size}`);
-      }
-      const actual = `sha256:${hash.digest('hex')}`;
-      if (actual !== digest) {
-        throw new VerificationError(`blob ${digest} does not match its digest (its content hashes to ${actual})`, {
-          hint: 'the registry served corrupt data; it was not cached. Retry, or report it to the registry operator',
-        });
+      const file = await open(temporary, 'w');
+      try {
+        const blob = new PartialBlob(file, digest, size);
+        await fill(blob);
+        blob.verify();
+        await file.sync();
+      } finally {
+        await file.close();
       }
     });
     return path;
+  }
+}
+
+/** A blob being written: the temporary file and the hash of the bytes in it so far. */
+export class PartialBlob {
+  private readonly file: FileHandle;
+  private readonly digest: string;
+  private readonly size: number;
+  private hash: Hash = createHash('sha256');
+  private written = 0;
+
+  constructor(file: FileHandle, digest: string, size: number) {
+    this.file = file;
+    this.digest = digest;
+    this.size = size;
+  }
+
+  /** Bytes written so far. */
+  get received(): number {
+    return this.written;
+  }
+
+  /** Appends `chunks`; a chunk counts as received only once it is on disk. */
+  async append(chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>): Promise<void> {
+    for await (const chunk of chunks) {
+      // Stop a server that sends more than promised before it fills the disk.
+      if (this.written + chunk.length > this.size) throw new VerificationError(`blob ${this.digest} is larger than its descriptor's ${this.size} bytes`);
+      await this.file.write(chunk, 0, chunk.length, this.written);
+      this.hash.update(chunk);
+      this.written += chunk.length;
+    }
+  }
+
+  /** Throws away what was written. */
+  async restart(): Promise<void> {
+    await this.file.truncate(0);
+    this.hash = createHash('sha256');
+    this.written = 0;
+  }
+
+  verify(): void {
+    if (this.written !== this.size) {
+      throw new VerificationError(`blob ${this.digest} has ${this.written} bytes, its descriptor says ${this.size}`);
+    }
+    const actual = `sha256:${this.hash.digest('hex')}`;
+    if (actual !== this.digest) {
+      throw new VerificationError(`blob ${this.digest} does not match its digest (its content hashes to ${actual})`, {
+        hint: 'the registry served corrupt data; it was not cached. Retry, or report it to the registry operator',
+      });
+    }
   }
 }

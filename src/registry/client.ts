@@ -1,19 +1,24 @@
 /**
- * An OCI distribution client for one repository, on Node's built-in fetch:
- * the /v2/ ping that reveals how to authenticate, authorised GETs with bounded
- * retries, and registry errors turned into messages a user can act on.
+ * An OCI distribution client for one repository: the /v2/ ping that reveals
+ * the scheme and how to authenticate, authorised GETs with bounded retries,
+ * resumable blob downloads, and registry errors turned into messages a user
+ * can act on.
  *
- * Redirects are followed here (`redirect: 'manual'`), not by fetch: blob GETs
- * are often redirected to object storage, and Authorization must reach the
- * registry's own origin only. Owning the rule keeps it independent of the
- * fetch implementation.
+ * HTTPS first; plain HTTP only for loopback and --insecure-registry hosts
+ * whose server turns out not to speak TLS (what containerd does for localhost).
+ *
+ * Redirects are followed here, not by the transport: blob GETs are often
+ * redirected to object storage, and Authorization must reach the registry's
+ * own origin only.
  */
+import { Readable } from 'node:stream';
 import { InputError, RampackError, RegistryError, VerificationError } from '../errors.ts';
-import { isLoopbackRegistry, type ImageReference } from '../image/reference.ts';
+import type { ImageReference } from '../image/reference.ts';
 import type { Logger } from '../util/log.ts';
 import { Authorizer, parseChallenge } from './auth.ts';
 import type { CredentialLookup } from './credentials.ts';
 import { checkTransient, describeNetworkError, TransientError, withRetries, type RetryPolicy } from './retry.ts';
+import { PlainHttpServerError, type Transport } from './transport.ts';
 
 const MAX_REDIRECTS = 5;
 const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
@@ -24,6 +29,15 @@ export interface ClientOptions {
   userAgent: string;
   retry: RetryPolicy;
   log: Logger;
+  transport: Transport;
+}
+
+/** Where a resumable download writes: bytes arrive in order, and may start over from 0. */
+export interface DownloadSink {
+  /** Bytes written so far: a retry asks for the rest with `Range: bytes=<received>-`. */
+  readonly received: number;
+  append(chunks: AsyncIterable<Uint8Array>): Promise<void>;
+  restart(): Promise<void>;
 }
 
 /** One GET, described for error messages. */
@@ -35,7 +49,24 @@ export interface RegistryRequest {
   what: string;
   /** What a 404 means is missing: "image docker.io/library/golang:1.22". */
   subject: string;
+  /** Headers computed as each attempt starts (a Range that follows a download's progress). */
+  headers?: () => Record<string, string>;
 }
+
+/** Whether a 206 continues at `offset`: `Content-Range: bytes <offset>-<last>/<size|*>`. */
+function continuesAt(response: Response, offset: number): boolean {
+  const range = response.headers.get('content-range')?.match(/^bytes (\d+)-\d+\/(?:\d+|\*)$/);
+  return response.status === 206 && Number(range?.[1]) === offset;
+}
+
+/** Docker Hub's `ratelimit-remaining: 42;w=21600`: the number before the window. */
+function rateLimitCount(headers: Headers, name: string): number | undefined {
+  const value = Number.parseInt(headers.get(name) ?? '', 10);
+  return Number.isNaN(value) ? undefined : value;
+}
+
+/** Warn when a tenth or less of the announced pull allowance is left. */
+const RATE_LIMIT_WARNING_FRACTION = 0.1;
 
 /** Reads a whole (small) body, refusing more than `limit` bytes. */
 export async function readBody(response: Response, limit: number, what: string): Promise<Buffer> {
@@ -67,41 +98,78 @@ async function errorDetail(response: Response): Promise<string> {
 
 export class RegistryClient {
   readonly image: ImageReference;
-  private readonly origin: string;
+  private origin: string;
   private readonly options: ClientOptions;
   private readonly auth: Authorizer;
   private ping?: Promise<void>;
+  private rateLimitWarned = false;
 
   constructor(image: ImageReference, options: ClientOptions) {
     this.image = image;
     this.options = options;
-    this.origin = `${isLoopbackRegistry(image.host) ? 'http' : 'https'}://${image.host}`;
+    this.origin = `https://${image.host}`;
     this.auth = new Authorizer({
       registry: image.registry,
       repository: image.repository,
       lookup: options.lookup,
       userAgent: options.userAgent,
       retry: options.retry,
+      transport: options.transport,
     });
   }
 
   /**
    * GETs `request.path` and hands the successful response to `consume`. Both
-   * run inside the retry loop, so a body cut off mid-transfer is fetched again.
+   * run inside the retry loop, so a body cut off mid-transfer is fetched
+   * again, and inside one of the registry's request slots.
    */
   async get<T>(request: RegistryRequest, consume: (response: Response) => Promise<T>): Promise<T> {
     await this.pinged();
     const hint = `check that ${this.image.registry} is reachable and retry; the registry may be overloaded or down`;
-    return withRetries(this.options.retry, { what: request.what, hint }, async () => {
-      const response = await this.sendAuthorized(request);
-      if (!response.ok) throw await this.failure(response, request);
-      try {
-        return await consume(response);
-      } catch (error) {
-        if (error instanceof RampackError) throw error;
-        throw new TransientError(`the transfer broke off: ${describeNetworkError(error)}`, { cause: error });
+    return withRetries(this.options.retry, { what: request.what, hint }, () =>
+      this.options.transport.limited(this.image.host, async () => {
+        const response = await this.sendAuthorized(request);
+        if (!response.ok) throw await this.failure(response, request);
+        this.watchRateLimit(response.headers);
+        try {
+          return await consume(response);
+        } catch (error) {
+          if (error instanceof RampackError || error instanceof TransientError) throw error;
+          throw new TransientError(`the transfer broke off: ${describeNetworkError(error)}`, { cause: error });
+        }
+      }),
+    );
+  }
+
+  /**
+   * GETs a blob into `sink`. After a broken transfer the retry asks for the
+   * rest (`Range: bytes=N-`) and appends it when the registry answers 206
+   * from exactly there; any other answer starts the blob over.
+   */
+  download(request: RegistryRequest, sink: DownloadSink): Promise<void> {
+    const resuming = (): Record<string, string> => (sink.received > 0 ? { range: `bytes=${sink.received}-` } : {});
+    return this.get({ ...request, headers: resuming }, async (response) => {
+      if (sink.received > 0 && continuesAt(response, sink.received)) {
+        this.options.log.debug(`${request.what}: resuming at byte ${sink.received}`);
+      } else if (sink.received > 0) {
+        this.options.log.debug(`${request.what}: the registry cannot resume at byte ${sink.received} (HTTP ${response.status}); starting over`);
+        await sink.restart();
+        if (response.status !== 200) {
+          void response.body?.cancel();
+          throw new TransientError(`the registry answered a range request with HTTP ${response.status}`);
+        }
       }
+      await sink.append(response.body ?? Readable.from([]));
     });
+  }
+
+  /** Warns once when Docker Hub's announced pull allowance runs low. */
+  private watchRateLimit(headers: Headers): void {
+    const limit = rateLimitCount(headers, 'ratelimit-limit');
+    const remaining = rateLimitCount(headers, 'ratelimit-remaining');
+    if (this.rateLimitWarned || limit === undefined || remaining === undefined || remaining > limit * RATE_LIMIT_WARNING_FRACTION) return;
+    this.rateLimitWarned = true;
+    this.options.log.warn(`registry ${this.image.registry} allows ${remaining} more pulls of its ${limit} per window; logging in raises the limit`);
   }
 
   private pinged(): Promise<void> {
@@ -111,28 +179,46 @@ export class RegistryClient {
 
   /** GET /v2/: 200 means no authentication, 401 carries the challenge to answer. */
   private async sendPing(): Promise<void> {
-    const what = `contacting registry ${this.image.registry} (${this.origin})`;
-    const hint = `check the registry name and your network; rampack uses HTTPS except for loopback registries`;
-    const response = await withRetries(this.options.retry, { what, hint }, () => this.send(new URL('/v2/', this.origin), {}));
+    const what = `contacting registry ${this.image.registry}`;
+    const hint = `check the registry name and your network (rampack speaks HTTPS, and plain HTTP only to loopback and --insecure-registry hosts)`;
+    const response = await withRetries(this.options.retry, { what, hint }, () => this.pingOnce());
     void response.body?.cancel();
     if (response.status === 401) {
       this.auth.learn(parseChallenge(response.headers.get('www-authenticate')));
     } else if (!response.ok) {
-      throw new RegistryError(`${what}: GET /v2/ answered HTTP ${response.status}; this is not an OCI distribution registry`, {
+      throw new RegistryError(`${what} (${this.origin}): GET /v2/ answered HTTP ${response.status}; this is not an OCI distribution registry`, {
         hint,
         status: response.status,
       });
     }
   }
 
+  /** GET /v2/ over HTTPS, or over HTTP when the server does not speak TLS and may be trusted without it. */
+  private async pingOnce(): Promise<Response> {
+    try {
+      return await this.send(new URL('/v2/', this.origin), {});
+    } catch (error) {
+      if (!(error instanceof PlainHttpServerError)) throw error;
+      const { host, registry } = this.image;
+      if (!this.options.transport.allowsPlainHttp(host)) {
+        throw new RegistryError(`registry ${registry} speaks plain HTTP, not HTTPS`, {
+          hint: `if you trust the network to ${host}, pass --insecure-registry ${host}`,
+        });
+      }
+      this.origin = `http://${host}`;
+      this.options.log.debug(`registry ${registry} does not speak TLS; using ${this.origin}`);
+      return this.send(new URL('/v2/', this.origin), {});
+    }
+  }
+
   /** One GET with the current authorization, renewed once if the registry challenges it. */
   private async sendAuthorized(request: RegistryRequest): Promise<Response> {
     const url = new URL(request.path, this.origin);
-    const headers: Record<string, string> = request.accept ? { accept: request.accept } : {};
-    const response = await this.send(url, headers, await this.auth.header());
+    const headers = () => ({ ...(request.accept ? { accept: request.accept } : {}), ...request.headers?.() });
+    const response = await this.send(url, headers(), await this.auth.header());
     if (response.status !== 401 || !this.auth.renew(parseChallenge(response.headers.get('www-authenticate')))) return response;
     void response.body?.cancel();
-    return this.send(url, headers, await this.auth.header());
+    return this.send(url, headers(), await this.auth.header());
   }
 
   /** Sends a GET, following redirects with Authorization kept to the registry's origin. */
@@ -140,8 +226,7 @@ export class RegistryClient {
     let url = start;
     for (let hop = 0; ; hop++) {
       const sameOrigin = url.origin === this.origin;
-      const response = await fetch(url, {
-        redirect: 'manual',
+      const response = await this.options.transport.send(url, {
         headers: {
           ...headers,
           // Transparent decompression would change the bytes the digest covers.
@@ -149,8 +234,6 @@ export class RegistryClient {
           'user-agent': this.options.userAgent,
           ...(sameOrigin && authorization ? { authorization } : {}),
         },
-      }).catch((error: unknown) => {
-        throw new TransientError(`cannot connect to ${url.host}: ${describeNetworkError(error)}`, { cause: error });
       });
       const location = response.headers.get('location');
       if (!REDIRECT_STATUSES.has(response.status) || !location) return checkTransient(response, url.host);
@@ -176,6 +259,33 @@ export class RegistryClient {
     return new RegistryError(`${request.what} failed: registry ${registry} answered HTTP ${response.status}${detail}`, {
       status: response.status,
       hint: 'retry later; if it persists, report it to the registry operator',
+    });
+  }
+
+  /**
+   * One request of the push protocol (HEAD, POST, PATCH, PUT) to a path or to
+   * an upload URL the registry gave, authorized (renewed once on a challenge,
+   * which is how a token gains push scope), in one of the registry's request
+   * slots. Redirects are returned, not followed, and nothing is retried: only
+   * the caller knows which steps of an upload may be repeated. Transient
+   * answers throw TransientError, answers outside `expect` the usual errors.
+   */
+  async exchange(request: RegistryRequest & { method: string; body?: Uint8Array; expect: readonly number[] }): Promise<Response> {
+    await this.pinged();
+    return this.options.transport.limited(this.image.host, async () => {
+      const url = new URL(request.path, this.origin);
+      const send = async () => {
+        const authorization = url.origin === this.origin ? await this.auth.header() : undefined;
+        const headers = { ...request.headers?.(), 'user-agent': this.options.userAgent, ...(authorization ? { authorization } : {}) };
+        return checkTransient(await this.options.transport.send(url, { method: request.method, headers, body: request.body }), url.host);
+      };
+      let response = await send();
+      if (response.status === 401 && this.auth.renew(parseChallenge(response.headers.get('www-authenticate')))) {
+        void response.body?.cancel();
+        response = await send();
+      }
+      if (!request.expect.includes(response.status)) throw await this.failure(response, request);
+      return response;
     });
   }
 }

@@ -1,15 +1,20 @@
 /**
  * Bounded retries with exponential backoff and jitter, for failures that may
- * go away: lost connections, 5xx, 408 and 429 (whose Retry-After is honoured
- * up to a cap; a longer wait fails at once, since sleeping for minutes helps nobody).
+ * go away: lost connections, stalls, 5xx, 408 and 429 (whose Retry-After is
+ * honoured up to a cap; a longer wait fails at once, since sleeping for
+ * minutes helps nobody). Bounded twice: in attempts, and in the time spent
+ * waiting, so many slow failures cannot add up to an hour.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { RegistryError } from '../errors.ts';
 
-export const DEFAULT_MAX_ATTEMPTS = 4;
-const BASE_DELAY_MS = 500;
-const MAX_DELAY_MS = 8_000;
+export const DEFAULT_MAX_ATTEMPTS = 5;
+export const DEFAULT_BASE_DELAY_MS = 500;
+/** No single wait is longer than 16 base delays (8 s by default). */
+const MAX_DELAY_FACTOR = 16;
 const MAX_RETRY_AFTER_MS = 60_000;
+/** Give up once an operation has been failing for this long, whatever the attempt count. */
+export const DEFAULT_MAX_RETRY_TIME_MS = 120_000;
 const RETRYABLE_STATUSES = new Set([408, 429, 500, 502, 503, 504]);
 
 /** A failure worth another attempt. */
@@ -25,6 +30,10 @@ export class TransientError extends Error {
 
 export interface RetryPolicy {
   maxAttempts: number;
+  /** First backoff; each further one doubles (default 500 ms). */
+  baseDelayMs?: number;
+  /** No retry starts later than this after the first attempt (default 2 min). */
+  maxRetryTimeMs?: number;
   /** Told about each retry, for the debug log. */
   onRetry?: (message: string) => void;
 }
@@ -55,19 +64,21 @@ export function checkTransient(response: Response, what: string): Response {
   });
 }
 
-/** The network error behind fetch's generic "fetch failed". */
+/** A network error in a few words: its code ("ECONNRESET") when it has one, else its message. */
 export function describeNetworkError(error: unknown): string {
-  const cause = (error as { cause?: { code?: string; message?: string } }).cause;
-  return cause?.code ?? cause?.message ?? (error as Error).message;
+  if (error instanceof TransientError) return error.message;
+  return (error as NodeJS.ErrnoException).code ?? (error as Error).message;
 }
 
-function backoff(attempt: number): number {
-  const exponential = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** (attempt - 1));
+/** Exponential, with ±20% jitter so that parallel downloads do not retry in lockstep. */
+function backoff(attempt: number, baseMs: number): number {
+  const exponential = baseMs * Math.min(MAX_DELAY_FACTOR, 2 ** (attempt - 1));
   return exponential * (0.8 + Math.random() * 0.4);
 }
 
 /** Runs `operation` until it succeeds, fails for good, or runs out of attempts. */
 export async function withRetries<T>(policy: RetryPolicy, context: FailureContext, operation: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + (policy.maxRetryTimeMs ?? DEFAULT_MAX_RETRY_TIME_MS);
   for (let attempt = 1; ; attempt++) {
     try {
       return await operation();
@@ -79,7 +90,8 @@ export async function withRetries<T>(policy: RetryPolicy, context: FailureContex
         throw fail(` and the registry asks to wait ${Math.ceil(error.retryAfterMs / 1000)} s`);
       }
       if (attempt >= policy.maxAttempts) throw fail(attempt > 1 ? ` (gave up after ${attempt} attempts)` : '');
-      const delay = error.retryAfterMs ?? backoff(attempt);
+      const delay = error.retryAfterMs ?? backoff(attempt, policy.baseDelayMs ?? DEFAULT_BASE_DELAY_MS);
+      if (Date.now() + delay > deadline) throw fail(` (gave up after ${attempt} attempts: the retry time is up)`);
       policy.onRetry?.(`${context.what}: ${error.message}; attempt ${attempt + 1}/${policy.maxAttempts} in ${Math.round(delay)} ms`);
       await sleep(delay);
     }

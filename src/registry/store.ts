@@ -1,5 +1,4 @@
 /** A registry repository as a ContentStore: verified documents, and layers downloaded into the blob cache. */
-import { Readable } from 'node:stream';
 import { InputError, VerificationError } from '../errors.ts';
 import type { ImageReference } from '../image/reference.ts';
 import type { ContentStore } from '../image/source.ts';
@@ -8,11 +7,12 @@ import { digestHex, isDigest, sha256Digest } from '../util/digest.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { TOOL_VERSION } from '../version.ts';
 import { BlobCache } from './cache.ts';
-import { readBody, RegistryClient, type RegistryRequest } from './client.ts';
+import { readBody, RegistryClient, type ClientOptions, type RegistryRequest } from './client.ts';
 import { credentialLookup } from './credentials.ts';
 import { DEFAULT_MAX_ATTEMPTS } from './retry.ts';
+import { sharedTransport, type TransportOptions } from './transport.ts';
 
-export interface RegistryOptions {
+export interface RegistryOptions extends TransportOptions {
   /** Root of the blob cache (blobs land in `<cacheDir>/blobs/sha256/`). */
   cacheDir: string;
   username?: string;
@@ -21,8 +21,14 @@ export interface RegistryOptions {
   dockerConfigDir?: string;
   userAgent?: string;
   log?: Logger;
-  /** Attempts per request before giving up (default 4). */
+  /** Attempts per request before giving up (default 5). */
   maxAttempts?: number;
+  /** First retry backoff, doubling with each attempt (default 500 ms; RAMPACK_RETRY_BASE_MS on the CLI). */
+  retryBaseMs?: number;
+  /** Stop retrying a request that has been failing this long (default 2 min). */
+  maxRetryTimeMs?: number;
+  /** Called with each chunk's size as a layer downloads (for progress display). */
+  onBlobBytes?: (digest: string, bytes: number) => void;
 }
 
 /** containerd's limit: manifests are small, and a tag must not make us buffer gigabytes. */
@@ -48,7 +54,10 @@ export class RegistryStore implements ContentStore {
   /** One download per digest, however many layers share it. */
   private readonly downloads = new Map<string, Promise<string>>();
 
-  constructor(image: ImageReference, client: RegistryClient, cache: BlobCache, log: Logger) {
+  private readonly onBlobBytes?: RegistryOptions['onBlobBytes'];
+
+  constructor(image: ImageReference, client: RegistryClient, cache: BlobCache, log: Logger, onBlobBytes?: RegistryOptions['onBlobBytes']) {
+    this.onBlobBytes = onBlobBytes;
     this.image = image;
     this.reference = image.toString();
     this.client = client;
@@ -98,7 +107,22 @@ export class RegistryStore implements ContentStore {
     }
     if (await this.cache.has(digest, size)) return this.cache.path(digest);
     this.log.info(`downloading ${subject} (${size} bytes)`);
-    return this.client.get(this.blobRequest(descriptor, subject), (response) => this.cache.ingest(digest, size, response.body ?? Readable.from([])));
+    return this.cache.write(digest, size, (blob) =>
+      this.client.download(this.blobRequest(descriptor, subject), {
+        get received() {
+          return blob.received;
+        },
+        append: (chunks) => blob.append(this.counted(digest, chunks)),
+        restart: () => blob.restart(),
+      }),
+    );
+  }
+
+  private async *counted(digest: string, chunks: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {
+    for await (const chunk of chunks) {
+      this.onBlobBytes?.(digest, chunk.length);
+      yield chunk;
+    }
   }
 
   private blobRequest(descriptor: Descriptor, subject: string): RegistryRequest {
@@ -140,14 +164,26 @@ function checkContent(bytes: Buffer, expected: { digest: string; size?: number }
   }
 }
 
-/** A ContentStore for `reference`; nothing is fetched until a method is called. */
-export function openRegistryStore(reference: ImageReference, options: RegistryOptions): RegistryStore {
+/** What every client of a build shares: credentials, retry policy, log and transport. */
+export function registryClientOptions(options: Omit<RegistryOptions, 'cacheDir'>): ClientOptions {
   const log = options.log ?? silentLogger;
-  const client = new RegistryClient(reference, {
+  return {
     lookup: credentialLookup(options),
     userAgent: options.userAgent ?? `rampack/${TOOL_VERSION}`,
-    retry: { maxAttempts: options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS, onRetry: (message) => log.debug(message) },
+    retry: {
+      maxAttempts: options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS,
+      baseDelayMs: options.retryBaseMs,
+      maxRetryTimeMs: options.maxRetryTimeMs,
+      onRetry: (message) => log.debug(message),
+    },
     log,
-  });
-  return new RegistryStore(reference, client, new BlobCache(options.cacheDir), log);
+    transport: sharedTransport(options),
+  };
+}
+
+/** A ContentStore for `reference`; nothing is fetched until a method is called. */
+export function openRegistryStore(reference: ImageReference, options: RegistryOptions): RegistryStore {
+  const clientOptions = registryClientOptions(options);
+  const client = new RegistryClient(reference, clientOptions);
+  return new RegistryStore(reference, client, new BlobCache(options.cacheDir), clientOptions.log, options.onBlobBytes);
 }

@@ -5,8 +5,13 @@ export interface Logger {
   debug(message: string): void;
 }
 
+export interface LoggerOptions {
+  quiet?: boolean;
+  verbose?: boolean;
+}
+
 /** Plain timestamped lines on stderr: what CI logs want. */
-export function lineLogger(options: { quiet?: boolean; verbose?: boolean } = {}): Logger {
+export function lineLogger(options: LoggerOptions = {}): Logger {
   const write = (level: string, message: string) =>
     process.stderr.write(`${new Date().toISOString()} ${level} ${message}\n`);
   return {
@@ -17,3 +22,47 @@ export function lineLogger(options: { quiet?: boolean; verbose?: boolean } = {})
 }
 
 export const silentLogger: Logger = { info: () => {}, warn: () => {}, debug: () => {} };
+
+/**
+ * The stages of one image's build, in order. The build reports them as typed
+ * events through a BuildReporter and knows nothing of how they are shown
+ * (a task view in a terminal, log lines in CI).
+ */
+export const BUILD_STAGES = ['resolve', 'pull', 'flatten', 'compress', 'write'] as const;
+export type BuildStage = (typeof BUILD_STAGES)[number];
+
+/** How far a stage has got: bytes for pull and compress, entries for flatten. */
+export interface StageProgress {
+  done: number;
+  /** Known up front for pull (the layers' sizes); absent otherwise. */
+  total?: number;
+  unit: 'bytes' | 'entries';
+}
+
+export interface BuildReporter {
+  start(stage: BuildStage): void;
+  /** Called often (per chunk): implementations throttle what they show. */
+  progress(stage: BuildStage, progress: StageProgress): void;
+  /** `summary` is a short phrase for humans, e.g. "3 layers, 1.2 MiB". */
+  end(stage: BuildStage, summary: string): void;
+}
+
+export const silentReporter: BuildReporter = { start: () => {}, progress: () => {}, end: () => {} };
+
+const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+
+/** 1536 -> "1.5 KiB". */
+export function formatBytes(bytes: number): string {
+  let value = bytes;
+  let unit = 0;
+  while (Math.abs(value) >= 1024 && unit < BYTE_UNITS.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${BYTE_UNITS[unit]}`;
+}
+
+/** 1234 -> "1.2s". */
+export function formatDuration(milliseconds: number): string {
+  return milliseconds < 60_000 ? `${(milliseconds / 1000).toFixed(1)}s` : `${Math.floor(milliseconds / 60_000)}m${Math.round((milliseconds % 60_000) / 1000)}s`;
+}

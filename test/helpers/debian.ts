@@ -8,14 +8,22 @@ export const TEST_CACHE = join(homedir(), '.cache', 'rampack-test');
 /** Debian kernels for boot tests (src/boot/kernel.ts fills it). */
 export const KERNEL_CACHE = join(TEST_CACHE, 'kernels');
 
-/** Downloads and extracts a Debian package (default arch); returns the extracted root. */
-export function debianPackageRoot(pkg: string): string {
-  const root = join(TEST_CACHE, 'debs', pkg);
+/** Debian's name for the machine's own architecture (the same as OCI's for amd64 and arm64). */
+const HOST_DEBIAN_ARCH = process.arch === 'arm64' ? 'arm64' : 'amd64';
+
+/**
+ * Downloads and extracts a Debian package, for the machine's architecture or
+ * another one (that needs `dpkg --add-architecture`, which ensureDebianKernel
+ * does for its arch); returns the extracted root.
+ */
+export function debianPackageRoot(pkg: string, debianArch = HOST_DEBIAN_ARCH): string {
+  const foreign = debianArch !== HOST_DEBIAN_ARCH;
+  const root = join(TEST_CACHE, 'debs', foreign ? `${pkg}_${debianArch}` : pkg);
   if (existsSync(root)) return root;
   mkdirSync(join(TEST_CACHE, 'debs'), { recursive: true });
   const work = mkdtempSync(join(TEST_CACHE, 'debs', `.${pkg}-`));
   try {
-    const download = () => execFileSync('apt-get', ['download', pkg], { cwd: work, stdio: 'pipe' });
+    const download = () => execFileSync('apt-get', ['download', foreign ? `${pkg}:${debianArch}` : pkg], { cwd: work, stdio: 'pipe' });
     try {
       download();
     } catch {
@@ -36,7 +44,7 @@ export function debianPackageRoot(pkg: string): string {
   return root;
 }
 
-/** Debian's statically linked busybox: a shell and coreutils for test images. */
-export function busyboxBinary(): string {
-  return join(debianPackageRoot('busybox-static'), 'bin', 'busybox');
+/** Debian's statically linked busybox (for an OCI/Debian arch: amd64, arm64): a shell and coreutils for test images. */
+export function busyboxBinary(debianArch = HOST_DEBIAN_ARCH): string {
+  return join(debianPackageRoot('busybox-static', debianArch), 'bin', 'busybox');
 }

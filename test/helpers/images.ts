@@ -14,10 +14,10 @@ export const LANG_HELLO = `#!/bin/sh
 echo "hello from lang $LANG_VERSION in $(pwd) as $(id -u)"
 `;
 
-function baseLayer(): TarEntrySpec[] {
+function baseLayer(architecture: string): TarEntrySpec[] {
   return [
     { name: 'bin/', type: 'directory' },
-    { name: 'bin/busybox', content: readFileSync(busyboxBinary()), mode: 0o755 },
+    { name: 'bin/busybox', content: readFileSync(busyboxBinary(architecture)), mode: 0o755 },
     ...APPLETS.map((applet): TarEntrySpec => ({ name: `bin/${applet}`, type: 'symlink', linkname: 'busybox' })),
     { name: 'etc/', type: 'directory' },
     { name: 'etc/passwd', content: 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n' },
@@ -55,11 +55,12 @@ function patchLayer(): TarEntrySpec[] {
   ];
 }
 
+/** The image for an OCI architecture (amd64, arm64), with that arch's busybox so it runs when booted. */
 export function languageImageSpec(architecture = 'amd64'): ImageSpec {
   return {
     architecture,
     layers: [
-      { entries: baseLayer(), compression: 'gzip' },
+      { entries: baseLayer(architecture), compression: 'gzip' },
       { entries: toolchainLayer(), compression: 'zstd' },
       { entries: patchLayer(), compression: 'none' },
     ],

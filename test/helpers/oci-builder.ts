@@ -1,7 +1,8 @@
 /**
  * Generates OCI image layouts for tests: layers written as real tar streams
- * (tar-stream, independent of rampack's own reader), compressed with gzip,
- * zstd or not at all, plus config, manifest and index, all content-addressed.
+ * (tar-stream, independent of rampack's own reader, or the raw encoder below
+ * for what tar-stream cannot write), compressed with gzip, zstd or not at
+ * all, plus config, manifest and index, all content-addressed.
  */
 import { createHash } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -26,8 +27,10 @@ export interface TarEntrySpec {
   pax?: Record<string, string>;
 }
 
+/** A layer from entries (written by tar-stream) or from a whole uncompressed tar (see rawTar). */
 export interface LayerSpec {
-  entries: TarEntrySpec[];
+  entries?: TarEntrySpec[];
+  tar?: Buffer;
   compression?: LayerCompression;
 }
 
@@ -58,6 +61,17 @@ function sha256(data: Buffer): string {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`;
 }
 
+/** The largest id tar-stream writes in its 6-digit octal ustar fields; it silently caps larger ones. */
+const MAX_USTAR_ID = 0o777777;
+
+/** PAX records for ids tar-stream would cap, merged under the entry's own records. */
+function paxForIds(entry: TarEntrySpec): Record<string, string> | undefined {
+  const records: Record<string, string> = {};
+  if ((entry.uid ?? 0) > MAX_USTAR_ID) records.uid = String(entry.uid);
+  if ((entry.gid ?? 0) > MAX_USTAR_ID) records.gid = String(entry.gid);
+  return Object.keys(records).length === 0 && entry.pax === undefined ? undefined : { ...records, ...entry.pax };
+}
+
 export async function tarBytes(entries: TarEntrySpec[]): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
@@ -79,7 +93,7 @@ export async function tarBytes(entries: TarEntrySpec[]): Promise<Buffer> {
       linkname: entry.linkname,
       devmajor: entry.devmajor,
       devminor: entry.devminor,
-      pax: entry.pax,
+      pax: paxForIds(entry),
       size: type === 'file' ? (content?.length ?? 0) : 0,
     };
     await new Promise<void>((resolve, reject) => {
@@ -104,7 +118,7 @@ async function writeImage(dir: string, spec: ImageSpec): Promise<BuiltBlob> {
   const layers: BuiltBlob[] = [];
   const diffIds: string[] = [];
   for (const layer of spec.layers) {
-    const raw = await tarBytes(layer.entries);
+    const raw = layer.tar ?? (await tarBytes(layer.entries ?? []));
     const compression = layer.compression ?? 'gzip';
     diffIds.push(sha256(raw));
     layers.push(await writeBlob(dir, compress(raw, compression), LAYER_MEDIA_TYPE[compression]));
@@ -164,4 +178,116 @@ export async function writeOciLayout(dir: string, specs: ImageSpec | ImageSpec[]
   };
   await writeFile(join(dir, 'index.json'), JSON.stringify(index));
   return top;
+}
+
+/**
+ * One tar entry encoded by hand, for what tar-stream cannot write: names and
+ * link targets as raw bytes, GNU long names ('L'/'K'), PAX records with
+ * binary values, device numbers above 262143, sizes that differ from the data.
+ */
+export interface RawEntrySpec {
+  /** Bytes of the name (a string is taken as UTF-8). */
+  name: string | Buffer;
+  /** Tar typeflag: '0' file, '1' hard link, '2' symlink, '3' char, '4' block, '5' dir, '6' fifo, ... */
+  typeflag?: string;
+  data?: Buffer;
+  /** The size field; defaults to the data's length. */
+  size?: number;
+  mode?: number;
+  uid?: number;
+  gid?: number;
+  mtime?: number;
+  linkname?: string | Buffer;
+  devmajor?: number;
+  devminor?: number;
+  /** How names and link names over 100 bytes are written; default 'pax'. */
+  longNames?: 'gnu' | 'pax';
+  pax?: Record<string, string | Buffer>;
+  /** The magic and version fields; default POSIX ustar. '' gives a v7 header. */
+  magic?: string;
+}
+
+const BLOCK = 512;
+const NAME_FIELD = 100;
+/** Two zero blocks: the end-of-archive marker. */
+export const TAR_END = Buffer.alloc(2 * BLOCK);
+
+/** A tar header block; names longer than the field are the caller's business (see rawTarEntry). */
+export function tarHeader(spec: Omit<RawEntrySpec, 'data' | 'pax' | 'longNames'>): Buffer {
+  const header = Buffer.alloc(BLOCK);
+  Buffer.from(spec.name).copy(header, 0, 0, NAME_FIELD);
+  writeNumber(header, 100, 8, spec.mode ?? 0o644);
+  writeNumber(header, 108, 8, spec.uid ?? 0);
+  writeNumber(header, 116, 8, spec.gid ?? 0);
+  writeNumber(header, 124, 12, spec.size ?? 0);
+  writeNumber(header, 136, 12, spec.mtime ?? 1_700_000_000);
+  header.write(spec.typeflag ?? '0', 156, 'latin1');
+  if (spec.linkname !== undefined) Buffer.from(spec.linkname).copy(header, 157, 0, NAME_FIELD);
+  header.write(spec.magic ?? 'ustar\x0000', 257, 'latin1');
+  writeNumber(header, 329, 8, spec.devmajor ?? 0);
+  writeNumber(header, 337, 8, spec.devminor ?? 0);
+  header.fill(0x20, 148, 156);
+  const sum = header.reduce((total, byte) => total + byte, 0);
+  header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+  return header;
+}
+
+/** Octal when it fits the field, else GNU base-256 (which Go, GNU tar and rampack read). */
+function writeNumber(header: Buffer, offset: number, length: number, value: number): void {
+  const octal = value.toString(8);
+  if (octal.length < length) {
+    header.write(`${octal.padStart(length - 1, '0')}\0`, offset, 'latin1');
+    return;
+  }
+  let rest = BigInt(value);
+  for (let index = length - 1; index > 0; index--) {
+    header[offset + index] = Number(rest & 0xffn);
+    rest >>= 8n;
+  }
+  header[offset] = 0x80;
+}
+
+/** `data` followed by zeros up to the next 512-byte boundary. */
+export function padBlock(data: Buffer): Buffer {
+  return Buffer.concat([data, Buffer.alloc((BLOCK - (data.length % BLOCK)) % BLOCK)]);
+}
+
+/** A PAX extended header body: "LENGTH key=value\n" records (values may be binary). */
+export function paxBody(records: Record<string, string | Buffer>): Buffer {
+  return Buffer.concat(
+    Object.entries(records).map(([key, value]) => {
+      const rest = Buffer.concat([Buffer.from(` ${key}=`), Buffer.from(value), Buffer.from('\n')]);
+      let length = rest.length + 1;
+      while (String(length).length + rest.length !== length) length++;
+      return Buffer.concat([Buffer.from(String(length)), rest]);
+    }),
+  );
+}
+
+/** The header blocks (with any GNU long-name or PAX entries before them) and padded data of one entry. */
+export function rawTarEntry(spec: RawEntrySpec): Buffer {
+  const name = Buffer.from(spec.name);
+  const linkname = spec.linkname === undefined ? undefined : Buffer.from(spec.linkname);
+  const data = spec.data ?? Buffer.alloc(0);
+  const pax: Record<string, string | Buffer> = { ...spec.pax };
+  const blocks: Buffer[] = [];
+  const longField = (value: Buffer, gnuType: string, paxKey: string): void => {
+    if (value.length <= NAME_FIELD) return;
+    if (spec.longNames === 'gnu') blocks.push(metadataEntry('././@LongLink', gnuType, Buffer.concat([value, Buffer.alloc(1)])));
+    else pax[paxKey] = value;
+  };
+  longField(name, 'L', 'path');
+  if (linkname !== undefined) longField(linkname, 'K', 'linkpath');
+  if (Object.keys(pax).length > 0) blocks.push(metadataEntry(`PaxHeader/${name.subarray(0, 80).toString('latin1')}`, 'x', paxBody(pax)));
+  blocks.push(tarHeader({ ...spec, name, linkname, size: spec.size ?? data.length }), padBlock(data));
+  return Buffer.concat(blocks);
+}
+
+function metadataEntry(name: string, typeflag: string, body: Buffer): Buffer {
+  return Buffer.concat([tarHeader({ name: Buffer.from(name, 'latin1'), typeflag, size: body.length }), padBlock(body)]);
+}
+
+/** A whole tar archive of raw entries, end marker included. */
+export function rawTar(entries: RawEntrySpec[]): Buffer {
+  return Buffer.concat([...entries.map(rawTarEntry), TAR_END]);
 }

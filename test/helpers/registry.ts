@@ -1,14 +1,17 @@
 /**
  * Real registries for tests: Debian's `docker-registry` on a loopback port
- * with its own config, skopeo to push OCI layouts into it (the oracle until
- * rampack pushes by itself), and a recording HTTP proxy to see what a client
- * sends.
+ * with its own config (open, htpasswd, token auth, TLS), skopeo to push OCI
+ * layouts into it (the oracle until rampack pushes by itself), a recording
+ * HTTP proxy to see what a client sends, a fault-injecting one to break
+ * transfers on purpose, and a forward proxy (absolute URIs and CONNECT) for
+ * HTTP_PROXY/HTTPS_PROXY.
  */
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { get as httpsGet } from 'node:https';
+import { connect, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -34,6 +37,10 @@ export interface RegistryAuthOptions {
   htpasswd?: { username: string; password: string };
   /** Bearer challenges pointing at this realm (the registry's "silly" auth accepts any Authorization). */
   tokenRealm?: { realm: string; service: string };
+  /** Real token auth: the registry verifies JWTs signed by a key whose certificate is in `rootCertBundle`. */
+  token?: { realm: string; service: string; issuer: string; rootCertBundle: string };
+  /** Serve HTTPS with this PEM certificate and key. */
+  tls?: { certificate: string; key: string };
 }
 
 async function freePort(): Promise<number> {
@@ -55,7 +62,22 @@ async function authConfig(dir: string, options: RegistryAuthOptions): Promise<ob
     return { htpasswd: { realm: 'rampack-test', path } };
   }
   if (options.tokenRealm) return { silly: options.tokenRealm };
+  if (options.token) {
+    const { realm, service, issuer, rootCertBundle } = options.token;
+    return { token: { realm, service, issuer, rootcertbundle: rootCertBundle } };
+  }
   return undefined;
+}
+
+/** The status of GET /v2/, 0 when nothing answers (TLS unverified: this only waits for the server). */
+function pingStatus(url: string): Promise<number> {
+  if (!url.startsWith('https:')) return fetch(`${url}/v2/`).then((response) => response.status, () => 0);
+  return new Promise((resolve) => {
+    httpsGet(`${url}/v2/`, { rejectUnauthorized: false }, (response) => {
+      response.resume();
+      resolve(response.statusCode ?? 0);
+    }).on('error', () => resolve(0));
+  });
 }
 
 async function waitForRegistry(url: string, exited: Promise<void>, stderr: () => string): Promise<void> {
@@ -63,7 +85,7 @@ async function waitForRegistry(url: string, exited: Promise<void>, stderr: () =>
   let gone = false;
   void exited.then(() => (gone = true));
   while (Date.now() < deadline && !gone) {
-    const status = await fetch(`${url}/v2/`).then((response) => response.status, () => 0);
+    const status = await pingStatus(url);
     if (status === 200 || status === 401) return;
     await sleep(100);
   }
@@ -81,7 +103,7 @@ export async function startRegistry(options: RegistryAuthOptions = {}): Promise<
     version: 0.1,
     log: { level: 'warn', accesslog: { disabled: true } },
     storage: { filesystem: { rootdirectory: root }, delete: { enabled: true } },
-    http: { addr: host },
+    http: { addr: host, ...(options.tls ? { tls: options.tls } : {}) },
     auth: await authConfig(dir, options),
   };
   const configPath = join(dir, 'config.yml');
@@ -96,7 +118,7 @@ export async function startRegistry(options: RegistryAuthOptions = {}): Promise<
       resolve();
     });
   });
-  const url = `http://${host}`;
+  const url = `${options.tls ? 'https' : 'http'}://${host}`;
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM');
@@ -146,6 +168,31 @@ export interface ProxiedRequest {
   method: string;
   path: string;
   authorization?: string;
+  range?: string;
+}
+
+/** What a fault-injecting proxy does instead of relaying a request faithfully. */
+export type Fault =
+  /** Answer this status (with Retry-After when given) without asking the registry. */
+  | { kind: 'status'; status: number; retryAfter?: string }
+  /** Relay half the body, then reset the connection (RST). */
+  | { kind: 'reset' }
+  /** Relay half the body, then close the connection cleanly (FIN): a truncated body. */
+  | { kind: 'truncate' }
+  /** Relay half the body, then send nothing more while keeping the connection open. */
+  | { kind: 'stall' }
+  /** Send no answer at all. */
+  | { kind: 'stall-headers' }
+  /** Wait this long, then relay faithfully (a slow registry). */
+  | { kind: 'delay'; ms: number }
+  /** Forward without the client's Range header, so a resumed request gets the whole blob (HTTP 200). */
+  | { kind: 'ignore-range' };
+
+export interface FaultRule {
+  when: (request: ProxiedRequest) => boolean;
+  fault: Fault;
+  /** How many matching requests get the fault. */
+  times: number;
 }
 
 export interface ProxyOptions {
@@ -155,6 +202,10 @@ export interface ProxyOptions {
   upstreamAuthorization?: string;
   /** Answer this many requests with 503 and `Retry-After: 0` before proxying. */
   failFirst?: number;
+  /** Faults to inject, the first matching rule with times left wins. */
+  faults?: FaultRule[];
+  /** Headers added to every answer (e.g. Docker Hub's ratelimit-remaining). */
+  responseHeaders?: Record<string, string>;
 }
 
 export interface RecordingProxy {
@@ -162,42 +213,66 @@ export interface RecordingProxy {
   url: string;
   /** Every request received, in order. */
   requests: ProxiedRequest[];
-  /** From now on forward requests carrying this Authorization without it, so the registry challenges them. */
-  revoke(authorization: string): void;
+  /** The faults injected, in order, with the path they hit. */
+  injected: { path: string; fault: Fault['kind'] }[];
+  /** The most requests that were in progress at once. */
+  maxInFlight(): number;
   stop(): Promise<void>;
 }
 
-function forward(upstream: string, request: IncomingMessage, response: ServerResponse, authorization: string | undefined): void {
+/** How to pass the upstream's answer on: faithfully, or broken by a fault. */
+type Relay = (answer: IncomingMessage, response: ServerResponse) => void;
+
+const relayFaithfully: Relay = (answer, response) => {
+  response.writeHead(answer.statusCode ?? 502, answer.headers);
+  answer.pipe(response);
+};
+
+/** Long enough for the client to read what was sent before the connection breaks. */
+const BREAK_DELAY_MS = 100;
+
+/** Relays the headers and half the body, then breaks the connection the way `kind` says. */
+function relayBroken(kind: 'reset' | 'truncate' | 'stall'): Relay {
+  return (answer, response) => {
+    response.writeHead(answer.statusCode ?? 502, answer.headers);
+    const half = Math.floor(Number(answer.headers['content-length'] ?? 0) / 2);
+    let sent = 0;
+    answer.on('data', (chunk: Buffer) => {
+      if (sent >= half) return;
+      const part = chunk.subarray(0, half - sent);
+      sent += part.length;
+      if (sent < half) return void response.write(part);
+      answer.destroy();
+      response.write(part, () => {
+        const socket = response.socket as Socket | null;
+        if (kind === 'reset') setTimeout(() => socket?.resetAndDestroy(), BREAK_DELAY_MS);
+        if (kind === 'truncate') setTimeout(() => socket?.end(), BREAK_DELAY_MS);
+      });
+    });
+  };
+}
+
+interface ForwardOptions {
+  authorization?: string;
+  /** Request target upstream (default: the incoming one). */
+  path?: string;
+  dropRange?: boolean;
+  relay?: Relay;
+}
+
+function forward(upstream: string, request: IncomingMessage, response: ServerResponse, options: ForwardOptions = {}): void {
   const headers = { ...request.headers, host: upstream };
   delete headers.authorization;
-  if (authorization) headers.authorization = authorization;
+  if (options.authorization) headers.authorization = options.authorization;
+  if (options.dropRange) delete headers.range;
   const [hostname, port] = upstream.split(':');
-  const outgoing = httpRequest({ hostname, port, method: request.method, path: request.url, headers }, (answer) => {
-    response.writeHead(answer.statusCode ?? 502, answer.headers);
-    answer.pipe(response);
-  });
+  const relay = options.relay ?? relayFaithfully;
+  const outgoing = httpRequest({ hostname, port, method: request.method, path: options.path ?? request.url, headers }, (answer) => relay(answer, response));
   outgoing.on('error', () => response.destroy());
   request.pipe(outgoing);
 }
 
-/** An HTTP proxy in front of `upstream` ("127.0.0.1:PORT") that records each request. */
-export async function startProxy(upstream: string, options: ProxyOptions = {}): Promise<RecordingProxy> {
-  const requests: ProxiedRequest[] = [];
-  let failures = options.failFirst ?? 0;
-  const revoked = new Set<string>();
-  const server: Server = createServer((request, response) => {
-    const path = request.url ?? '/';
-    requests.push({ method: request.method ?? '', path, authorization: request.headers.authorization });
-    if (failures > 0) {
-      failures--;
-      response.writeHead(503, { 'retry-after': '0' }).end('try again');
-    } else if (options.redirectBlobsTo && path.includes('/blobs/sha256:')) {
-      response.writeHead(307, { location: `${options.redirectBlobsTo}${path}` }).end();
-    } else {
-      const authorization = request.headers.authorization;
-      forward(upstream, request, response, options.upstreamAuthorization ?? (revoked.has(authorization ?? '') ? undefined : authorization));
-    }
-  });
+async function listen(server: Server): Promise<{ host: string; url: string; stop(): Promise<void> }> {
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const host = `127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -206,5 +281,79 @@ export async function startProxy(upstream: string, options: ProxyOptions = {}): 
     server.close();
     await once(server, 'close');
   };
-  return { host, url: `http://${host}`, requests, revoke: (authorization) => revoked.add(authorization), stop };
+  return { host, url: `http://${host}`, stop };
+}
+
+/** An HTTP proxy in front of `upstream` ("127.0.0.1:PORT") that records each request and injects faults. */
+export async function startProxy(upstream: string, options: ProxyOptions = {}): Promise<RecordingProxy> {
+  const requests: ProxiedRequest[] = [];
+  const injected: RecordingProxy['injected'] = [];
+  const rules = [...(options.faults ?? []), ...(options.failFirst ? [{ when: () => true, fault: { kind: 'status', status: 503, retryAfter: '0' } as Fault, times: options.failFirst }] : [])];
+  let inFlight = 0;
+  let maxInFlight = 0;
+  const server: Server = createServer((request, response) => {
+    const path = request.url ?? '/';
+    const recorded: ProxiedRequest = { method: request.method ?? '', path, authorization: request.headers.authorization, range: request.headers.range };
+    requests.push(recorded);
+    maxInFlight = Math.max(maxInFlight, ++inFlight);
+    response.on('close', () => inFlight--);
+    const rule = rules.find((candidate) => candidate.times > 0 && candidate.when(recorded));
+    if (rule) {
+      rule.times--;
+      injected.push({ path, fault: rule.fault.kind });
+    }
+    for (const [name, value] of Object.entries(options.responseHeaders ?? {})) response.setHeader(name, value);
+    const fault = rule?.fault;
+    if (fault?.kind === 'status') {
+      response.writeHead(fault.status, fault.retryAfter === undefined ? {} : { 'retry-after': fault.retryAfter }).end('injected failure');
+    } else if (fault?.kind === 'stall-headers') {
+      // Say nothing; stop() closes the connection.
+    } else if (options.redirectBlobsTo && path.includes('/blobs/sha256:')) {
+      response.writeHead(307, { location: `${options.redirectBlobsTo}${path}` }).end();
+    } else {
+      const broken = fault?.kind === 'reset' || fault?.kind === 'truncate' || fault?.kind === 'stall' ? fault.kind : undefined;
+      const relay = () =>
+        forward(upstream, request, response, {
+          authorization: options.upstreamAuthorization ?? request.headers.authorization,
+          dropRange: fault?.kind === 'ignore-range',
+          relay: broken && relayBroken(broken),
+        });
+      if (fault?.kind === 'delay') setTimeout(relay, fault.ms);
+      else relay();
+    }
+  });
+  const listening = await listen(server);
+  return { ...listening, requests, injected, maxInFlight: () => maxInFlight };
+}
+
+export interface ForwardProxy {
+  /** "http://127.0.0.1:PORT", for HTTP_PROXY and HTTPS_PROXY. */
+  url: string;
+  /** "GET http://host/path" for proxied HTTP requests, "CONNECT host:port" for tunnels. */
+  requests: string[];
+  stop(): Promise<void>;
+}
+
+/** A forward proxy as HTTP_PROXY/HTTPS_PROXY expect: absolute-URI requests, and CONNECT tunnels for HTTPS. */
+export async function startForwardProxy(): Promise<ForwardProxy> {
+  const requests: string[] = [];
+  const server = createServer((request, response) => {
+    requests.push(`${request.method} ${request.url}`);
+    const target = new URL(request.url ?? '/');
+    forward(target.host, request, response, { authorization: request.headers.authorization, path: `${target.pathname}${target.search}` });
+  });
+  server.on('connect', (request: IncomingMessage, client: Socket, head: Buffer) => {
+    requests.push(`CONNECT ${request.url}`);
+    const [hostname, port] = (request.url ?? '').split(':');
+    const upstream = connect(Number(port), hostname, () => {
+      client.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      upstream.write(head);
+      upstream.pipe(client).on('error', () => client.destroy());
+      client.pipe(upstream).on('error', () => upstream.destroy());
+    });
+    upstream.on('error', () => client.destroy());
+    client.on('error', () => upstream.destroy());
+  });
+  const { url, stop } = await listen(server);
+  return { url, requests, stop };
 }

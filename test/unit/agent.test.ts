@@ -70,8 +70,12 @@ describe('agent injection', () => {
 
   it('replaces an /init directory with its subtree and records dropped xattrs', () => {
     const xattr = { path: 'usr/bin/ping', name: 'security.capability', value: Buffer.from([1, 2]) };
-    const { entries } = injectAgent([dir('init'), file('init/x')], options({ droppedXattrs: [xattr] }));
+    const replaced = { path: 'init/x', name: 'user.note', value: Buffer.from('x') };
+    const dropped = { path: 'usr/bin/gone', name: 'user.note', value: Buffer.from('x') };
+    const image = [dir('init'), file('init/x'), dir('usr'), dir('usr/bin'), file('usr/bin/ping')];
+    const { entries, recordedXattrs } = injectAgent(image, options({ droppedXattrs: [xattr, replaced, dropped] }));
     expect(entries.some((e) => e.path === 'init/x')).toBe(false);
+    expect(recordedXattrs).toEqual([xattr]);
     const record = entries.find((e) => e.path === 'etc/rampack/xattrs.json')!;
     expect(JSON.parse((record.data as Buffer).toString()).xattrs).toEqual([{ path: '/usr/bin/ping', name: 'security.capability', value: 'AQI=' }]);
   });

@@ -1,5 +1,5 @@
 import { closeSync, openSync, readSync } from 'node:fs';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
@@ -259,6 +259,17 @@ describe('unpackLayer', () => {
       results.push(result.entries.map(({ data, ...rest }) => rest));
     }
     for (const result of results) expect(result).toEqual(results[0]);
+  });
+
+  it('caches zero-filled data as holes, reading back the same bytes', async () => {
+    const zeros = '\0'.repeat(8 << 20);
+    const unpacked = await layer([file('zeros', zeros), file('after', 'data after the hole')]);
+    const cached = await stat(unpacked.tarPath);
+    expect(cached.blocks * 512).toBeLessThan(1 << 20);
+    const tree = byPath(flattenLayers([unpacked]));
+    expect(contentOf(tree.get('zeros'))).toBe(zeros);
+    expect(contentOf(tree.get('after'))).toBe('data after the hole');
+    expect(sha256Digest(await readFile(unpacked.tarPath))).toBe(unpacked.diffId);
   });
 
   it('reuses the cache without reading the blob', async () => {

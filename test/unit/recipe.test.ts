@@ -54,6 +54,14 @@ describe('recipes', () => {
     ['agent without {arch}', VALID.replace('agent-bin/{arch}/agent', 'agent-bin/agent'), 'agent: one path for several arches'],
     ['YAML syntax', 'language: [go\n', 'invalid YAML'],
     ['version as number', VALID.replace('"1.25"', '1.25'), 'versions[0].version: must be string'],
+    ['file mode as a number', `${VALID}files: [{source: a, destination: /etc/a, mode: 755}]\n`, 'files[0].mode: must be string'],
+    ['file owner by name', `${VALID}files: [{source: a, destination: /etc/a, owner: "root:root"}]\n`, 'files[0].owner: must match pattern'],
+    ['relative destination', `${VALID}files: [{source: a, destination: etc/a}]\n`, 'files[0].destination: must match pattern'],
+    ['destination with ..', `${VALID}files: [{source: a, destination: /etc/../a}]\n`, 'files[0].destination: "/etc/../a" must be a clean absolute path'],
+    ['destination /init', `${VALID}files: [{source: a, destination: /init}]\n`, 'files[0].destination: /init is the agent'],
+    ['drop pattern with ..', `${VALID}drop: [usr/../etc]\n`, 'drop[0]: must match pattern'],
+    ['agent image without image', VALID.replace('agent: agent-bin/{arch}/agent', 'agent: {path: /agent}'), 'agent: missing required field "image"'],
+    ['agent image with a relative path', VALID.replace('agent: agent-bin/{arch}/agent', 'agent: {image: r/a:1, path: agent}'), 'agent.path: must match pattern'],
   ])('rejects %s with the file and field named', async (_name, text, message) => {
     const file = recipeFile('bad.yaml', text);
     const error = await loadRecipe(file).catch((e: unknown) => e);
@@ -76,5 +84,34 @@ describe('recipes', () => {
       const targets = recipeTargets(await loadRecipe(file), file);
       expect(targets.filter((t) => t.isDefault).length).toBe(2);
     }
+  });
+
+  it('resolves extra files, drop patterns and agents per arch', async () => {
+    const file = recipeFile('options.yaml', `language: py
+image: docker.io/library/python
+versions: [{version: "3.14"}]
+agent:
+  x86_64: bin/agent-amd64
+  aarch64: {image: "ghcr.io/org/agent@sha256:${'b'.repeat(64)}"}
+files:
+  - {source: "conf/{arch}/pip.conf", destination: /etc/pip.conf}
+  - {source: run.sh, destination: /usr/local/bin/run, mode: "0755", owner: "1000:100"}
+drop: [usr/share/doc/**]
+`);
+    const [amd64, arm64] = recipeTargets(await loadRecipe(file), file);
+    expect(amd64).toMatchObject({ agent: resolve('bin/agent-amd64'), drop: ['usr/share/doc/**'] });
+    expect(amd64!.agentImage).toBeUndefined();
+    expect(arm64!.agent).toBeUndefined();
+    expect(arm64!.agentImage).toEqual({ reference: `ghcr.io/org/agent@sha256:${'b'.repeat(64)}`, path: '/agent' });
+    expect(arm64!.files).toEqual([
+      { source: resolve('conf/aarch64/pip.conf'), destination: '/etc/pip.conf', mode: 0o644, uid: 0, gid: 0 },
+      { source: resolve('run.sh'), destination: '/usr/local/bin/run', mode: 0o755, uid: 1000, gid: 100 },
+    ]);
+  });
+
+  it('takes one agent image for every arch', async () => {
+    const file = recipeFile('agent-image.yaml', `${VALID.replace('agent: agent-bin/{arch}/agent', 'agent: {image: "r.example/agent:1", path: /usr/bin/agent}')}`);
+    const targets = recipeTargets(await loadRecipe(file), file);
+    expect(new Set(targets.map((t) => JSON.stringify(t.agentImage)))).toEqual(new Set([JSON.stringify({ reference: 'r.example/agent:1', path: '/usr/bin/agent' })]));
   });
 });

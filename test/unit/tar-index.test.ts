@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.ts';
 import { type LayerEntry, TarIndexer, normalizeLayerPath } from '../../src/layers/tar-index.ts';
-import { tarBytes } from '../helpers/oci-builder.ts';
+import { padBlock, paxBody, TAR_END, tarBytes, tarHeader } from '../helpers/oci-builder.ts';
 import { TOOLS, ensureTools } from '../helpers/system.ts';
 
 const GNU_TAR = { command: 'tar', pkg: 'tar' };
@@ -25,39 +25,6 @@ function byPath(entries: LayerEntry[]): Map<string, LayerEntry> {
   return new Map(entries.map((entry) => [entry.path, entry]));
 }
 
-/** A hand-made ustar header block (for what no tool writes on request). */
-function rawHeader(fields: { name: string; typeflag: string; size?: number; mode?: number; uid?: number; mtime?: number; magic?: string }): Buffer {
-  const header = Buffer.alloc(512);
-  const octal = (value: number, length: number) => value.toString(8).padStart(length - 1, '0') + '\0';
-  header.write(fields.name, 0, 100, 'latin1');
-  header.write(octal(fields.mode ?? 0o644, 8), 100, 'latin1');
-  header.write(octal(fields.uid ?? 0, 8), 108, 'latin1');
-  header.write(octal(0, 8), 116, 'latin1');
-  header.write(octal(fields.size ?? 0, 12), 124, 'latin1');
-  header.write(octal(fields.mtime ?? 1_700_000_000, 12), 136, 'latin1');
-  header.write(fields.typeflag, 156, 'latin1');
-  header.write(fields.magic ?? 'ustar\x0000', 257, 'latin1');
-  header.fill(0x20, 148, 156);
-  const sum = header.reduce((total, byte) => total + byte, 0);
-  header.write(octal(sum, 7) + ' ', 148, 'latin1');
-  return header;
-}
-
-function padded(data: Buffer): Buffer {
-  return Buffer.concat([data, Buffer.alloc((512 - (data.length % 512)) % 512)]);
-}
-
-function paxBody(records: Record<string, string>): Buffer {
-  const lines = Object.entries(records).map(([key, value]) => {
-    const rest = ` ${key}=${value}\n`;
-    let length = Buffer.byteLength(rest) + 1;
-    while (String(length).length + Buffer.byteLength(rest) !== length) length++;
-    return `${length}${rest}`;
-  });
-  return Buffer.from(lines.join(''), 'utf8');
-}
-
-const END = Buffer.alloc(1024);
 
 describe('TarIndexer', () => {
   let workDir: string;
@@ -169,13 +136,13 @@ describe('TarIndexer', () => {
     const globalBody = paxBody({ uid: '4242', 'SCHILY.xattr.user.all': 'yes', path: 'ignored-global-path' });
     const localBody = paxBody({ uid: '7', mtime: '99.0' });
     const tar = Buffer.concat([
-      rawHeader({ name: 'pax_global_header', typeflag: 'g', size: globalBody.length }),
-      padded(globalBody),
-      rawHeader({ name: 'first', typeflag: '0' }),
-      rawHeader({ name: 'PaxHeader/second', typeflag: 'x', size: localBody.length }),
-      padded(localBody),
-      rawHeader({ name: 'second', typeflag: '0' }),
-      END,
+      tarHeader({ name: 'pax_global_header', typeflag: 'g', size: globalBody.length }),
+      padBlock(globalBody),
+      tarHeader({ name: 'first', typeflag: '0' }),
+      tarHeader({ name: 'PaxHeader/second', typeflag: 'x', size: localBody.length }),
+      padBlock(localBody),
+      tarHeader({ name: 'second', typeflag: '0' }),
+      TAR_END,
     ]);
     expect(execFileSync('bsdtar', ['-tf', '-'], { input: tar }).toString()).toBe('first\nsecond\n');
     const [first, second] = indexTar(tar, 3);
@@ -185,11 +152,11 @@ describe('TarIndexer', () => {
 
   it('reads v7 plain and contiguous files, v7 directories and archives without an end marker', () => {
     const tar = Buffer.concat([
-      rawHeader({ name: 'old/', typeflag: '\0', magic: '' }),
-      rawHeader({ name: 'old/file', typeflag: '\0', size: 3, magic: '' }),
-      padded(Buffer.from('v7!')),
-      rawHeader({ name: 'contiguous', typeflag: '7', size: 2 }),
-      padded(Buffer.from('c7')),
+      tarHeader({ name: 'old/', typeflag: '\0', magic: '' }),
+      tarHeader({ name: 'old/file', typeflag: '\0', size: 3, magic: '' }),
+      padBlock(Buffer.from('v7!')),
+      tarHeader({ name: 'contiguous', typeflag: '7', size: 2 }),
+      padBlock(Buffer.from('c7')),
     ]);
     const entries = indexTar(tar);
     expect(entries.map(({ path, type }) => [path, type])).toEqual([
@@ -214,7 +181,7 @@ describe('TarIndexer', () => {
       expect(() => indexTar(tar.subarray(0, length))).toThrow(/layer test is truncated/);
     }
     const body = paxBody({ path: 'orphan' });
-    const orphanPax = Buffer.concat([rawHeader({ name: 'PaxHeader/orphan', typeflag: 'x', size: body.length }), padded(body)]);
+    const orphanPax = Buffer.concat([tarHeader({ name: 'PaxHeader/orphan', typeflag: 'x', size: body.length }), padBlock(body)]);
     expect(() => indexTar(orphanPax)).toThrow(/layer test is truncated/);
   });
 
@@ -238,7 +205,7 @@ describe('TarIndexer', () => {
   });
 
   it('rejects unknown entry types', () => {
-    const tar = Buffer.concat([rawHeader({ name: 'weird', typeflag: 'Q' }), END]);
+    const tar = Buffer.concat([tarHeader({ name: 'weird', typeflag: 'Q' }), TAR_END]);
     expect(() => indexTar(tar)).toThrow(/"weird" at offset 0 has unsupported tar type 'Q'/);
   });
 });

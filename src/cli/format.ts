@@ -1,0 +1,26 @@
+/** Output helpers shared by the commands: JSON on stdout, aligned columns, signed sizes. */
+import { formatBytes } from '../util/log.ts';
+
+export function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+export function printLines(lines: readonly string[]): void {
+  process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+/** Rows with each column padded to its widest cell (the last column is not padded). */
+export function columns(rows: readonly (readonly string[])[], indent = '  '): string[] {
+  const widths = rows[0]?.map((_, column) => Math.max(...rows.map((row) => row[column]!.length))) ?? [];
+  return rows.map((row) => indent + row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  '));
+}
+
+/** +1.5 KiB / -300 B / ±0 B */
+export function signedBytes(bytes: number): string {
+  if (bytes === 0) return '±0 B';
+  return `${bytes > 0 ? '+' : '-'}${formatBytes(Math.abs(bytes))}`;
+}
+
+export function signedCount(count: number): string {
+  return count > 0 ? `+${count}` : count === 0 ? '±0' : String(count);
+}

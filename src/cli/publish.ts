@@ -1,0 +1,52 @@
+/** `rampack publish`: a manifest and its files into a directory a web server serves, or into a registry. */
+import { resolve } from 'node:path';
+import { Command } from 'commander';
+import { UsageError } from '../errors.ts';
+import { parseImageReference } from '../image/reference.ts';
+import { loadSigningKey, SIGNING_KEY_ENV } from '../manifest/sign.ts';
+import { publishToDirectory } from '../publish/directory.ts';
+import { publishToRegistry } from '../publish/registry.ts';
+import { lineLogger } from '../util/log.ts';
+
+interface PublishFlags {
+  to?: string;
+  registry?: string;
+  key?: string;
+  prune?: boolean;
+  quiet?: boolean;
+}
+
+async function runPublish(manifest: string, flags: PublishFlags): Promise<void> {
+  if (Boolean(flags.to) === Boolean(flags.registry)) throw new UsageError('give one destination: --to DIR or --registry HOST/REPO:TAG');
+  if (flags.prune && flags.registry) throw new UsageError('--prune applies to --to DIR; a registry collects unreferenced blobs itself');
+  const signingKey = flags.key || process.env[SIGNING_KEY_ENV] ? await loadSigningKey(flags.key) : undefined;
+  const log = lineLogger(flags);
+  const result = flags.registry
+    ? { reference: flags.registry, digest: await publishToRegistry(resolve(manifest), parseImageReference(flags.registry), { signingKey, log, push: { log } }) }
+    : await publishToDirectory(resolve(manifest), resolve(flags.to!), { signingKey, prune: flags.prune, log });
+  process.stdout.write(`${JSON.stringify(result)}\n`);
+}
+
+export function publishCommand(): Command {
+  return new Command('publish')
+    .description('publish a manifest and its initramfs files: to a directory (content-addressed files, manifest last) or to a registry as one OCI artifact')
+    .argument('[manifest]', 'manifest to publish', 'out/manifest.json')
+    .option('--to <dir>', 'destination directory (what a static web server or object store sync serves)')
+    .option('--registry <ref>', 'destination registry repository and tag, HOST/REPO:TAG (credentials from docker login)')
+    .option('--key <file>', `sign the published manifest with this private key (default: ${SIGNING_KEY_ENV} when set)`)
+    .option('--prune', 'with --to: remove files the new manifest does not name (readers of older manifests lose them)')
+    .option('-q, --quiet', 'print warnings and errors only')
+    .addHelpText(
+      'after',
+      `
+Directory layout: DIR/files/<language>-<version>-<arch>-<sha256>.cpio.<gz|zst>, DIR/manifest.json.sig,
+DIR/manifest.json. Registry: an OCI artifact (artifactType application/vnd.rampack.manifest.v1+json)
+whose layers are manifest.json, its signature and the initramfs files. See docs/publishing.md.
+
+Examples:
+  rampack publish out/manifest.json --to /srv/www/initramfs --key rampack-signing.key
+  rampack publish --to ./site --prune
+  rampack publish out/manifest.json --registry ghcr.io/org/initramfs:stable`,
+    )
+    .action(runPublish);
+}

@@ -1,0 +1,83 @@
+/**
+ * Where the bytes of a tree are: totals per directory, the largest files, and
+ * the RAM an initramfs needs while the kernel unpacks it.
+ */
+import { InputError } from '../errors.ts';
+import { formatBytes } from '../util/log.ts';
+
+/** A regular file's data: `path` is relative to the root, without a leading "/". */
+export interface SizedFile {
+  path: string;
+  size: number;
+}
+
+export interface DirectorySize {
+  /** Absolute path, e.g. "/usr/lib"; "/" holds the files directly in the root. */
+  path: string;
+  bytes: number;
+  files: number;
+}
+
+/**
+ * Inclusive totals for every directory up to `depth` levels deep (1: top-level
+ * directories only), largest first. Files directly in the root count for "/".
+ */
+export function sizeByDirectory(files: Iterable<SizedFile>, depth: number): DirectorySize[] {
+  const totals = new Map<string, DirectorySize>();
+  const add = (path: string, bytes: number) => {
+    const total = totals.get(path) ?? { path, bytes: 0, files: 0 };
+    total.bytes += bytes;
+    total.files += 1;
+    totals.set(path, total);
+  };
+  for (const file of files) {
+    const parents = file.path.split('/').slice(0, -1);
+    if (parents.length === 0) add('/', file.size);
+    for (let level = 1; level <= Math.min(depth, parents.length); level++) add(`/${parents.slice(0, level).join('/')}`, file.size);
+  }
+  return [...totals.values()].sort((a, b) => b.bytes - a.bytes || (a.path < b.path ? -1 : 1));
+}
+
+export function largestFiles(files: Iterable<SizedFile>, count: number): SizedFile[] {
+  return [...files].sort((a, b) => b.size - a.size || (a.path < b.path ? -1 : 1)).slice(0, count);
+}
+
+const SIZE_UNITS: Record<string, number> = { B: 1, KiB: 2 ** 10, MiB: 2 ** 20, GiB: 2 ** 30 };
+
+/** "512MiB" -> 536870912; `what` names the setting in the error. */
+export function parseByteSize(text: string, what: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB)$/.exec(text.trim());
+  if (match === null) {
+    throw new InputError(`${what}: "${text}" is not a size`, { hint: 'write a number and a unit: B, KiB, MiB or GiB, e.g. 512MiB' });
+  }
+  return Math.round(Number(match[1]) * SIZE_UNITS[match[2]!]!);
+}
+
+/**
+ * RAM an initramfs takes at the peak of unpacking: the kernel keeps the
+ * compressed file in memory (where the VMM loaded it) until the whole tree is
+ * written into the rootfs, and the tree then holds every file's data.
+ */
+export function unpackPeakBytes(compressedBytes: number, uncompressedBytes: number): number {
+  return compressedBytes + uncompressedBytes;
+}
+
+export interface BudgetCheck {
+  label: string;
+  budgetBytes: number;
+  compressedBytes: number;
+  uncompressedBytes: number;
+  directories: DirectorySize[];
+}
+
+/** A warning when unpacking would not fit the VM's memory budget, naming where to slim. */
+export function memoryBudgetWarning(check: BudgetCheck): string | undefined {
+  const peak = unpackPeakBytes(check.compressedBytes, check.uncompressedBytes);
+  if (peak <= check.budgetBytes) return undefined;
+  const largest = check.directories.map((dir) => `${dir.path} ${formatBytes(dir.bytes)}`).join(', ');
+  return (
+    `${check.label}: unpacking needs ${formatBytes(peak)} of RAM (${formatBytes(check.compressedBytes)} compressed + ` +
+    `${formatBytes(check.uncompressedBytes)} unpacked), over the memory budget of ${formatBytes(check.budgetBytes)}; ` +
+    `largest directories: ${largest}`
+  );
+}

@@ -1,0 +1,109 @@
+/**
+ * The build matrix: every language x version x arch cell of a set of
+ * recipes, each with a stable key (`go-1.25-x86_64`) and an input digest,
+ * printed by `rampack plan --json` in the form a GitHub Actions matrix takes
+ * (`{"include": [...]}`); `rampack build --only KEY` builds one cell.
+ */
+import { readFile } from 'node:fs/promises';
+import { InputError, UsageError } from '../errors.ts';
+import type { Arch } from '../image/source.ts';
+import { sha256Digest } from '../util/digest.ts';
+import { TOOL_VERSION } from '../version.ts';
+import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from './recipe.ts';
+
+export interface PlanCell {
+  key: string;
+  language: string;
+  version: string;
+  arch: Arch;
+  default: boolean;
+  image: string;
+  recipe: string;
+  inputDigest: string;
+}
+
+export function cellKey(target: Pick<BuildTarget, 'language' | 'version' | 'arch'>): string {
+  return `${target.language}-${target.version}-${target.arch}`;
+}
+
+/** Every cell of the recipes, refusing two recipes that produce the same key. */
+export async function loadTargets(paths: readonly string[]): Promise<BuildTarget[]> {
+  const byKey = new Map<string, BuildTarget>();
+  for (const file of await recipeFiles(paths)) {
+    for (const target of recipeTargets(await loadRecipe(file), file)) {
+      const other = byKey.get(cellKey(target));
+      if (other) throw new InputError(`recipes ${other.origin} and ${file} both build ${cellKey(target)}`, { hint: 'give each language one recipe' });
+      byKey.set(cellKey(target), target);
+    }
+  }
+  return [...byKey.values()];
+}
+
+async function fileSha256(path: string, what: string): Promise<string> {
+  const bytes = await readFile(path).catch((error: NodeJS.ErrnoException) => {
+    throw new InputError(`cannot read ${what} ${path}: ${error.code ?? error.message}`, {
+      hint: 'the input digest covers it: build or fetch it before planning',
+    });
+  });
+  return sha256Digest(bytes);
+}
+
+/**
+ * sha256 over what the build reads before it fetches anything: the cell's
+ * recipe settings, the agent (its bytes, or its image reference), the extra
+ * files' bytes and rampack's version. A tag can move, so only digest-pinned
+ * images make equal input digests mean equal outputs.
+ */
+export async function inputDigest(target: BuildTarget): Promise<string> {
+  const agent = target.agent ? { sha256: await fileSha256(target.agent, 'agent') } : (target.agentImage ?? null);
+  const files = [];
+  for (const file of target.files ?? []) {
+    files.push({ destination: file.destination, mode: file.mode, uid: file.uid, gid: file.gid, sha256: await fileSha256(file.source, 'extra file') });
+  }
+  const inputs = {
+    tool: TOOL_VERSION,
+    language: target.language,
+    version: target.version,
+    default: target.isDefault,
+    arch: target.arch,
+    image: target.image,
+    compression: target.compression,
+    level: target.level ?? null,
+    env: target.env,
+    drop: target.drop ?? [],
+    files,
+    agent,
+  };
+  return sha256Digest(JSON.stringify(inputs));
+}
+
+export async function planCells(targets: readonly BuildTarget[]): Promise<PlanCell[]> {
+  const cells: PlanCell[] = [];
+  for (const target of targets) {
+    cells.push({
+      key: cellKey(target),
+      language: target.language,
+      version: target.version,
+      arch: target.arch,
+      default: target.isDefault,
+      image: target.image,
+      recipe: target.origin,
+      inputDigest: await inputDigest(target),
+    });
+  }
+  return cells;
+}
+
+/** The one target with this key; an unknown key lists the known ones. */
+export function selectCell(targets: readonly BuildTarget[], key: string): BuildTarget {
+  const target = targets.find((candidate) => cellKey(candidate) === key);
+  if (!target) {
+    throw new UsageError(`no cell ${key} in these recipes`, { hint: `known cells: ${targets.map(cellKey).join(', ')}` });
+  }
+  return target;
+}
+
+/** `--only KEY`: just that cell; without a key, all of them. */
+export function selectCells(targets: BuildTarget[], key: string | undefined): BuildTarget[] {
+  return key === undefined ? targets : [selectCell(targets, key)];
+}

@@ -1,0 +1,112 @@
+/**
+ * The recipe options that change the image tree: `drop` (paths left out to
+ * make the initramfs smaller) and `files` (extra files added). Both act on
+ * the flattened tree, before the agent stage adds /init and /etc/rampack.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { InputError } from '../errors.ts';
+import { bytePath, compareTreePaths, dataSize, displayPath, parentPath, type TreeEntry } from '../tree/entry.ts';
+import type { Logger } from '../util/log.ts';
+import type { BuildTarget, ExtraFile } from './recipe.ts';
+
+export interface DropResult {
+  entries: TreeEntry[];
+  /** Entries left out. */
+  removed: number;
+  /** File data no longer carried (hard links counted once, and only when no link stays). */
+  bytesSaved: number;
+}
+
+function escapeRegExp(text: string): string {
+  return text.replace(/[.+^${}()|[\]\\]/g, '\\$&');
+}
+
+/**
+ * A glob over tree paths: `*` and `?` stay within one component, `**` spans
+ * any number of components (`usr/share/doc/**` is everything below
+ * usr/share/doc, not the directory itself). A leading "/" is ignored.
+ */
+export function globToRegExp(pattern: string): RegExp {
+  const segments = bytePath(pattern.replace(/^\/+/, '')).split('/');
+  const source = segments
+    .map((segment, i) => {
+      const last = i === segments.length - 1;
+      if (segment === '**') return last ? '.*' : '(?:[^/]*/)*';
+      const body = [...segment].map((c) => (c === '*' ? '[^/]*' : c === '?' ? '[^/]' : escapeRegExp(c))).join('');
+      return last ? body : `${body}/`;
+    })
+    .join('');
+  return new RegExp(`^${source}$`, 's');
+}
+
+/** Hard links share an inode key: data is carried once per inode. */
+function dataKey(entry: TreeEntry): string {
+  return entry.inode === undefined ? `path:${entry.path}` : `inode:${entry.inode}`;
+}
+
+/** Leaves out every entry a pattern matches, with the subtree of matched directories. */
+export function dropPaths(entries: readonly TreeEntry[], patterns: readonly string[]): DropResult {
+  if (patterns.length === 0) return { entries: [...entries], removed: 0, bytesSaved: 0 };
+  const matchers = patterns.map(globToRegExp);
+  const droppedDirs = new Set<string>();
+  const kept: TreeEntry[] = [];
+  const droppedData = new Map<string, number>();
+  for (const entry of entries) {
+    // Parents come first, so a dropped ancestor is already known.
+    if (droppedDirs.has(parentPath(entry.path)) || matchers.some((matcher) => matcher.test(entry.path))) {
+      if (entry.type === 'dir') droppedDirs.add(entry.path);
+      droppedData.set(dataKey(entry), dataSize(entry));
+    } else {
+      kept.push(entry);
+    }
+  }
+  for (const entry of kept) droppedData.delete(dataKey(entry));
+  const bytesSaved = [...droppedData.values()].reduce((sum, size) => sum + size, 0);
+  return { entries: kept, removed: entries.length - kept.length, bytesSaved };
+}
+
+async function readExtraFile(file: ExtraFile, origin: string): Promise<Buffer> {
+  const info = await stat(file.source).catch((error: NodeJS.ErrnoException) => {
+    throw new InputError(`cannot read ${file.source} (files of ${origin}, for ${file.destination}): ${error.code ?? error.message}`);
+  });
+  if (!info.isFile()) throw new InputError(`${file.source} (files of ${origin}) is not a regular file`);
+  return readFile(file.source);
+}
+
+/**
+ * Adds the files to the tree (replacing files at their paths), creating
+ * missing parent directories 0755 root:root. A parent that exists as
+ * anything but a directory, or a destination that is a directory, is an error.
+ */
+export async function addFiles(entries: readonly TreeEntry[], files: readonly ExtraFile[], mtime: number, origin: string): Promise<TreeEntry[]> {
+  if (files.length === 0) return [...entries];
+  const tree = new Map(entries.map((entry) => [entry.path, entry]));
+  for (const file of files) {
+    const path = bytePath(file.destination.slice(1));
+    const existing = tree.get(path);
+    if (existing?.type === 'dir') throw new InputError(`files of ${origin}: ${file.destination} is a directory in the image`);
+    for (let parent = parentPath(path); parent !== ''; parent = parentPath(parent)) {
+      const node = tree.get(parent);
+      if (node === undefined) tree.set(parent, { path: parent, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime });
+      else if (node.type !== 'dir') {
+        throw new InputError(`files of ${origin}: cannot add ${file.destination}, /${displayPath(parent)} is a ${node.type} in the image`);
+      }
+    }
+    const data = await readExtraFile(file, origin);
+    tree.set(path, { path, type: 'file', mode: file.mode, uid: file.uid, gid: file.gid, mtime, data });
+  }
+  return [...tree.values()].sort((a, b) => compareTreePaths(a.path, b.path));
+}
+
+/** Applies a target's drop and files options to a flattened tree, logging what drop saved. */
+export async function applyTreeOptions(
+  entries: readonly TreeEntry[],
+  target: Pick<BuildTarget, 'drop' | 'files' | 'origin'>,
+  context: { mtime: number; log: Logger; label: string },
+): Promise<TreeEntry[]> {
+  const dropped = dropPaths(entries, target.drop ?? []);
+  if (target.drop?.length) {
+    context.log.info(`${context.label}: drop removed ${dropped.removed} entries, ${dropped.bytesSaved} bytes of file data saved`);
+  }
+  return addFiles(dropped.entries, target.files ?? [], context.mtime, target.origin);
+}
