@@ -115,15 +115,24 @@ function addedEntries(tree: ReadonlyMap<string, TreeEntry>, options: InjectOptio
   return added;
 }
 
+/** The tree split the way it is archived: the image's part, then rampack's. */
+export interface InjectedTree {
+  /** The image's entries that stay (sorted, parents first): independent of the agent. */
+  image: TreeEntry[];
+  /** What rampack adds (sorted), replacing the image's entries at those paths. */
+  added: TreeEntry[];
+  imageJson: ImageJson;
+  /** Extended attributes recorded in /etc/rampack/xattrs.json. */
+  recordedXattrs: DroppedXattr[];
+}
+
 /**
- * The image tree (sorted, parents first) with rampack's entries merged in, in
- * the same order. An added entry replaces what the image had at its path
- * (and that path's subtree when it was a directory).
+ * Merges rampack's entries into the image tree (sorted, parents first). An
+ * added entry replaces what the image had at its path (and that path's
+ * subtree when it was a directory); the result keeps the two parts apart so
+ * the image's part can be archived and cached on its own.
  */
-export function injectAgent(
-  entries: readonly TreeEntry[],
-  options: InjectOptions,
-): { entries: TreeEntry[]; imageJson: ImageJson; recordedXattrs: DroppedXattr[] } {
+export function injectAgent(entries: readonly TreeEntry[], options: InjectOptions): InjectedTree {
   const tree = new Map(entries.map((entry) => [entry.path, entry]));
   const settings = imageJson(options);
   const added = addedEntries(tree, options, settings);
@@ -136,10 +145,18 @@ export function injectAgent(
   });
   if (recordedXattrs.length > 0) {
     const data = Buffer.from(xattrsJson(recordedXattrs));
-    addEntry(tree, { path: 'etc/rampack/xattrs.json', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: options.mtime, data }, options.image.reference);
+    const record: TreeEntry = { path: 'etc/rampack/xattrs.json', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: options.mtime, data };
+    addEntry(tree, record, options.image.reference);
+    added.push(record);
   }
+  const rampacks = new Set(added);
   const merged = [...tree.values()].sort((a, b) => compareTreePaths(a.path, b.path));
-  return { entries: merged, imageJson: settings, recordedXattrs };
+  return {
+    image: merged.filter((entry) => !rampacks.has(entry)),
+    added: merged.filter((entry) => rampacks.has(entry)),
+    imageJson: settings,
+    recordedXattrs,
+  };
 }
 
 /** Puts an entry in the tree, replacing what was at its path (and that path's subtree). */

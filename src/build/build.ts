@@ -1,18 +1,15 @@
 /**
- * One build: image reference + agent -> compressed initramfs file. Stages
- * stream into one another: resolve -> fetch blobs -> unpack layers ->
- * flatten -> inject agent -> newc -> compress -> file (temp name, renamed).
+ * One build: image reference + agent -> compressed initramfs file. Stages:
+ * resolve -> fetch blobs -> unpack layers (cached) -> flatten -> inject agent
+ * -> the image's part as parallel compressed newc shards (cached) + rampack's
+ * archive -> file (temp name, renamed). See archive.ts.
  */
 import { createHash } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Transform, type TransformCallback } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { checkAgentBinary } from '../agent/elf.ts';
 import { injectAgent, type DroppedXattr } from '../agent/inject.ts';
-import { createCompressor, fileExtension } from '../compress/index.ts';
-import { newcArchive } from '../cpio/writer.ts';
+import { fileExtension } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
 import { resolveImage } from '../image/resolve.ts';
 import type { ContentStore, ResolvedImage } from '../image/source.ts';
@@ -22,10 +19,10 @@ import type { ManifestImage } from '../manifest/manifest.ts';
 import type { BuildTarget } from '../recipe/recipe.ts';
 import { applyTreeOptions } from '../recipe/tree-options.ts';
 import { dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
-import { writeAtomically } from '../util/atomic.ts';
 import { mapConcurrent } from '../util/concurrency.ts';
 import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
 import { formatBytes, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
+import { imageArchive, writeInitramfs } from './archive.ts';
 import { openContentStore, type SourceOptions } from './source.ts';
 
 export interface BuildOptions extends SourceOptions {
@@ -39,26 +36,6 @@ export interface BuildOptions extends SourceOptions {
 }
 
 const LAYER_CONCURRENCY = 3;
-
-/** Counts and hashes the bytes that flow through. */
-class Measure extends Transform {
-  bytes = 0;
-  private readonly hash = createHash('sha256');
-  private readonly onBytes?: (bytes: number) => void;
-  constructor(onBytes?: (bytes: number) => void) {
-    super();
-    this.onBytes = onBytes;
-  }
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    this.bytes += chunk.length;
-    this.onBytes?.(this.bytes);
-    this.hash.update(chunk);
-    done(null, chunk);
-  }
-  digestHex(): string {
-    return this.hash.digest('hex');
-  }
-}
 
 async function readAgent(target: BuildTarget): Promise<Buffer> {
   if (!target.agent) {
@@ -158,7 +135,7 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   for (const warning of flat.warnings) options.log.warn(`${label}: ${warning}`);
   const mtime = addedFilesMtime(image, options.sourceDateEpoch);
   const tree = await applyTreeOptions(flat.entries, target, { mtime, log: options.log, label });
-  const { entries, imageJson, recordedXattrs } = injectAgent(tree, {
+  const injected = injectAgent(tree, {
     image,
     language: target.language,
     version: target.version,
@@ -169,30 +146,24 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
     droppedXattrs: flat.droppedXattrs,
     mtime,
   });
-
-  warnDroppedXattrs(recordedXattrs, options.log, label);
+  const entries = [...injected.image, ...injected.added];
+  warnDroppedXattrs(injected.recordedXattrs, options.log, label);
   reporter.end('flatten', `${entries.length} entries`);
 
   const file = outputFileName(target);
   reporter.start('compress');
-  const uncompressed = new Measure((bytes) => reporter.progress('compress', { done: bytes, unit: 'bytes' }));
-  const compressed = new Measure();
-  await writeAtomically(join(options.outDir, file), (temporary) =>
-    pipeline(
-      newcArchive(entries, { clampMtime: options.sourceDateEpoch }),
-      uncompressed,
-      createCompressor(target.compression, target.level),
-      compressed,
-      createWriteStream(temporary),
-    ),
-  );
-  const ratio = (uncompressed.bytes / Math.max(1, compressed.bytes)).toFixed(1);
-  reporter.end('compress', `${formatBytes(uncompressed.bytes)} -> ${formatBytes(compressed.bytes)} (${target.compression}, ${ratio}x)`);
-  options.log.info(`${label}: wrote ${file} (${entries.length} entries, ${uncompressed.bytes} -> ${compressed.bytes} bytes)`);
+  const settings = { compression: target.compression, level: target.level, clampMtime: options.sourceDateEpoch };
+  const report = (bytes: number) => reporter.progress('compress', { done: bytes, unit: 'bytes' });
+  const base = await imageArchive(injected.image, settings, options.cacheDir, report);
+  const written = await writeInitramfs(join(options.outDir, file), base, injected.added, settings);
+  const ratio = (written.uncompressedBytes / Math.max(1, written.size)).toFixed(1);
+  const reused = base.fromCache ? ', image part from cache' : '';
+  reporter.end('compress', `${formatBytes(written.uncompressedBytes)} -> ${formatBytes(written.size)} (${target.compression}, ${ratio}x${reused})`);
+  options.log.info(`${label}: wrote ${file} (${entries.length} entries, ${written.uncompressedBytes} -> ${written.size} bytes${reused})`);
   const directories = sizeByDirectory(treeFiles(entries), 2).slice(0, 5);
   options.log.debug(`${label}: largest directories: ${directories.map((dir) => `${dir.path} ${formatBytes(dir.bytes)}`).join(', ')}`);
   if (target.memoryBudget !== undefined) {
-    const warning = memoryBudgetWarning({ label, budgetBytes: target.memoryBudget, compressedBytes: compressed.bytes, uncompressedBytes: uncompressed.bytes, directories });
+    const warning = memoryBudgetWarning({ label, budgetBytes: target.memoryBudget, compressedBytes: written.size, uncompressedBytes: written.uncompressedBytes, directories });
     if (warning !== undefined) options.log.warn(warning);
   }
   return {
@@ -201,10 +172,10 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
     default: target.isDefault,
     arch: target.arch,
     file,
-    sha256: compressed.digestHex(),
-    size: compressed.bytes,
+    sha256: written.sha256,
+    size: written.size,
     compression: target.compression,
-    uncompressedSize: uncompressed.bytes,
+    uncompressedSize: written.uncompressedBytes,
     source: {
       reference: image.reference,
       manifestDigest: image.manifestDigest,
@@ -212,6 +183,6 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
       configDigest: image.configDigest,
     },
     agent: { sha256: agentSha256 },
-    env: imageJson.env,
+    env: injected.imageJson.env,
   };
 }

@@ -89,7 +89,14 @@ function kernelFlags(values: readonly string[]): { byArch: Partial<Record<Arch, 
   return { byArch, all };
 }
 
-async function smokeCommand(flags: VerifyFlags): Promise<{ smoke: string[]; language?: string }> {
+interface RecipeSettings {
+  smoke: string[];
+  language?: string;
+  /** Kernels the recipe names, by arch. */
+  kernels?: Partial<Record<Arch, string>>;
+}
+
+async function recipeSettings(flags: VerifyFlags): Promise<RecipeSettings> {
   if (flags.smoke !== undefined) {
     const smoke = flags.smoke.trim().split(/\s+/).filter(Boolean);
     if (smoke.length === 0) throw new UsageError('--smoke is empty', { hint: 'give a command, e.g. --smoke "python3 --version"' });
@@ -102,7 +109,7 @@ async function smokeCommand(flags: VerifyFlags): Promise<{ smoke: string[]; lang
   if (!recipe.smoke) {
     throw new InputError(`recipe ${flags.recipe} has no smoke command`, { hint: 'add smoke: [CMD, ARGS...] to it, or pass --smoke "CMD ARGS"' });
   }
-  return { smoke: recipe.smoke, language: recipe.language };
+  return { smoke: recipe.smoke, language: recipe.language, kernels: recipe.kernel };
 }
 
 async function manifestTargets(manifestPath: string): Promise<BootTarget[]> {
@@ -141,9 +148,11 @@ async function bootTargets(paths: readonly string[], flags: VerifyFlags, languag
   return chosen;
 }
 
-function kernelFor(arch: Arch, flags: VerifyFlags): Promise<string> {
+/** --kernel flags first, then the recipe's kernel, then Debian's stock kernel. */
+function kernelFor(arch: Arch, flags: VerifyFlags, recipeKernels: RecipeSettings['kernels']): Promise<string> {
   const { byArch, all } = kernelFlags(flags.kernel);
-  const given = byArch[arch] ?? all;
+  const recipeKernel = recipeKernels?.[arch];
+  const given = byArch[arch] ?? all ?? (recipeKernel === undefined ? undefined : resolve(recipeKernel));
   if (given !== undefined) return Promise.resolve(given);
   return ensureDebianKernel(arch, join(resolve(flags.cache ?? defaultCacheDir()), 'kernels'));
 }
@@ -169,9 +178,9 @@ function failureReason(screen: string, timedOut: boolean, timeoutMs: number, smo
   return undefined;
 }
 
-async function bootCheck(target: BootTarget, smoke: string[], flags: VerifyFlags, log: Logger): Promise<BootCheck> {
+async function bootCheck(target: BootTarget, { smoke, kernels }: RecipeSettings, flags: VerifyFlags, log: Logger): Promise<BootCheck> {
   checkQemu(target.arch);
-  const kernel = await kernelFor(target.arch, flags);
+  const kernel = await kernelFor(target.arch, flags, kernels);
   log.info(`${target.label}: booting ${target.file} with ${kernel}`);
   const started = performance.now();
   let agentReadyMs: number | null = null;
@@ -218,12 +227,12 @@ function resultLine(check: BootCheck): string {
 async function runVerify(paths: string[], flags: VerifyFlags): Promise<void> {
   if (!flags.boot) throw new UsageError('verify needs --boot (booting is the only check it makes)', { hint: 'rampack verify --boot out/manifest.json --smoke "CMD"' });
   const log = lineLogger(flags);
-  const { smoke, language } = await smokeCommand(flags);
-  const targets = await bootTargets(paths, flags, language);
+  const settings = await recipeSettings(flags);
+  const targets = await bootTargets(paths, flags, settings.language);
   const checks: BootCheck[] = [];
   // One VM at a time: TCG emulation takes a core, and boot times are only comparable alone.
   for (const target of targets) {
-    const check = await bootCheck(target, smoke, flags, log);
+    const check = await bootCheck(target, settings, flags, log);
     checks.push(check);
     if (!flags.json) printLines([resultLine(check)]);
     if (!check.passed && check.smokeOutput) log.warn(`${check.label}: smoke output:\n${check.smokeOutput}`);

@@ -4,7 +4,7 @@
  * after TRAILER!!! as gen_init_cpio does. Every check runs before the first
  * byte is produced, so a bad tree fails without a half-written archive.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import { closeSync, openSync, readSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { InputError } from '../errors.ts';
 import { dataSize, displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
@@ -13,6 +13,11 @@ import { encodeHeader, MAX_NAME_SIZE, MAX_U32, paddingFor, TRAILER_NAME, TYPE_BI
 export interface NewcOptions {
   /** Upper bound for mtimes (e.g. SOURCE_DATE_EPOCH): later ones are lowered to it. */
   clampMtime?: number;
+  /**
+   * Directories that archives before this one in the same initramfs create:
+   * entries may sit in them without repeating them here.
+   */
+  presentDirectories?: ReadonlySet<string>;
 }
 
 export interface ArchiveStats {
@@ -64,7 +69,7 @@ export function newcArchive(entries: Iterable<TreeEntry>, options: NewcOptions =
 
 function planArchive(entries: TreeEntry[], options: NewcOptions): PlannedRecord[] {
   const groups = linkGroups(entries);
-  const directories = new Set<string>();
+  const directories = new Set<string>(options.presentDirectories);
   let nextIno = 1;
   return entries.map((entry, index) => {
     checkEntry(entry, directories);
@@ -187,7 +192,7 @@ async function* archiveChunks(records: readonly PlannedRecord[], stats: ArchiveS
       if (Buffer.isBuffer(record.data)) {
         yield* emit(record.data);
       } else if (record.data !== undefined) {
-        for await (const chunk of ranges.read(record.data, record.name)) yield* emit(chunk);
+        for (const chunk of ranges.read(record.data, record.name)) yield* emit(chunk);
       }
       yield* emit(ZEROS.subarray(0, paddingFor(record.header.filesize)));
       stats.entries += 1;
@@ -196,7 +201,7 @@ async function* archiveChunks(records: readonly PlannedRecord[], stats: ArchiveS
     yield* emit(ZEROS.subarray(0, paddingFor(stats.bytes, ARCHIVE_ALIGNMENT)));
     yield* batcher.flush();
   } finally {
-    await ranges.close();
+    ranges.close();
   }
 }
 
@@ -214,17 +219,23 @@ const TRAILER_HEADER: Header = {
   rdevMinor: 0,
 };
 
-/** Reads file ranges with positional reads, keeping only the last file open. */
+/**
+ * Reads file ranges with positional reads, keeping only the last file open.
+ * The reads are synchronous on purpose: the image's archives are written on
+ * worker threads, where blocking hurts no event loop, and the layer files sit
+ * in the page cache, so an asynchronous round trip per file would cost more
+ * than the read itself (tens of thousands of small files per image).
+ */
 class RangeReader {
   #file?: string;
-  #handle?: FileHandle;
+  #descriptor?: number;
 
-  async *read(range: FileRange, entryPath: string): AsyncGenerator<Buffer> {
-    const handle = await this.#open(range.file);
+  *read(range: FileRange, entryPath: string): Generator<Buffer> {
+    const descriptor = this.#open(range.file);
     const end = range.offset + range.size;
     for (let position = range.offset; position < end; ) {
       const chunk = Buffer.allocUnsafe(Math.min(READ_CHUNK, end - position));
-      const { bytesRead } = await handle.read(chunk, 0, chunk.length, position);
+      const bytesRead = readSync(descriptor, chunk, 0, chunk.length, position);
       if (bytesRead === 0) {
         throw new InputError(
           `${range.file} ends at byte ${position}, before the end of "${displayPath(entryPath)}" (bytes ${range.offset}-${end}); was it changed while rampack ran?`,
@@ -235,20 +246,19 @@ class RangeReader {
     }
   }
 
-  async close(): Promise<void> {
-    const handle = this.#handle;
-    this.#handle = undefined;
+  close(): void {
+    if (this.#descriptor !== undefined) closeSync(this.#descriptor);
+    this.#descriptor = undefined;
     this.#file = undefined;
-    await handle?.close();
   }
 
-  async #open(file: string): Promise<FileHandle> {
-    if (this.#file !== file || this.#handle === undefined) {
-      await this.close();
-      this.#handle = await open(file, 'r');
+  #open(file: string): number {
+    if (this.#file !== file || this.#descriptor === undefined) {
+      this.close();
+      this.#descriptor = openSync(file, 'r');
       this.#file = file;
     }
-    return this.#handle;
+    return this.#descriptor;
   }
 }
 

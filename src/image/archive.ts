@@ -23,6 +23,7 @@ import { parseLayoutIndex, selectLayoutEntry } from './oci-layout.ts';
 import { parseImageReference } from './reference.ts';
 import type { ContentStore } from './source.ts';
 import { MediaType, type Descriptor, type FetchedManifest, type ImageConfig, type ImageManifest } from './types.ts';
+import { OncePerKey } from '../util/once.ts';
 
 export const OCI_ARCHIVE_PREFIX = 'oci-archive:';
 export const DOCKER_ARCHIVE_PREFIX = 'docker-archive:';
@@ -156,7 +157,7 @@ abstract class ArchiveStore implements ContentStore {
   readonly reference: string;
   protected readonly archive: TarArchive;
   private readonly cache: BlobCache;
-  private readonly copies = new Map<string, Promise<string>>();
+  private readonly copies = new OncePerKey<string>();
 
   protected constructor(reference: ArchiveReference, archive: TarArchive, cache: BlobCache) {
     this.reference = archiveReferenceText(reference);
@@ -184,14 +185,7 @@ abstract class ArchiveStore implements ContentStore {
   }
 
   blobPath(descriptor: Descriptor): Promise<string> {
-    let copy = this.copies.get(descriptor.digest);
-    if (!copy) {
-      copy = this.copyToCache(descriptor);
-      this.copies.set(descriptor.digest, copy);
-      // A failed copy may be asked for again.
-      copy.catch(() => this.copies.delete(descriptor.digest));
-    }
-    return copy;
+    return this.copies.run(descriptor.digest, () => this.copyToCache(descriptor));
   }
 
   private async copyToCache(descriptor: Descriptor): Promise<string> {

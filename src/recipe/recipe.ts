@@ -47,6 +47,8 @@ export interface Recipe {
   level?: number;
   env?: string[];
   smoke?: string[];
+  /** Kernel per arch for `verify --boot --recipe`. */
+  kernel?: Partial<Record<Arch, string>>;
   memoryBudget?: string;
   files?: RecipeFile[];
   drop?: string[];

@@ -11,6 +11,7 @@ import { readBody, RegistryClient, type ClientOptions, type RegistryRequest } fr
 import { credentialLookup } from './credentials.ts';
 import { DEFAULT_MAX_ATTEMPTS } from './retry.ts';
 import { sharedTransport, type TransportOptions } from './transport.ts';
+import { OncePerKey } from '../util/once.ts';
 
 export interface RegistryOptions extends TransportOptions {
   /** Root of the blob cache (blobs land in `<cacheDir>/blobs/sha256/`). */
@@ -52,7 +53,7 @@ export class RegistryStore implements ContentStore {
   private readonly cache: BlobCache;
   private readonly log: Logger;
   /** One download per digest, however many layers share it. */
-  private readonly downloads = new Map<string, Promise<string>>();
+  private readonly downloads = new OncePerKey<string>();
 
   private readonly onBlobBytes?: RegistryOptions['onBlobBytes'];
 
@@ -87,14 +88,7 @@ export class RegistryStore implements ContentStore {
   }
 
   blobPath(descriptor: Descriptor): Promise<string> {
-    let download = this.downloads.get(descriptor.digest);
-    if (!download) {
-      download = this.download(descriptor);
-      this.downloads.set(descriptor.digest, download);
-      // A failed download may be asked for again.
-      download.catch(() => this.downloads.delete(descriptor.digest));
-    }
-    return download;
+    return this.downloads.run(descriptor.digest, () => this.download(descriptor));
   }
 
   private async download(descriptor: Descriptor): Promise<string> {

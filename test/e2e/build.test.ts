@@ -15,6 +15,7 @@ import type { Manifest } from '../../src/manifest/manifest.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
 import { runRampack } from '../helpers/cli.ts';
 import { KERNEL_CACHE } from '../helpers/debian.ts';
+import { decompressedInitramfs, extractWithCpio, listWithBsdtar } from '../helpers/initramfs.ts';
 import { EXPECTED_ABSENT, EXPECTED_PRESENT, languageImageSpec } from '../helpers/images.ts';
 import { writeOciLayout } from '../helpers/oci-builder.ts';
 import { pushLayout, startRegistry } from '../helpers/registry.ts';
@@ -32,14 +33,6 @@ function sha256File(path: string): string {
 
 function readManifest(out: string): Manifest {
   return JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
-}
-
-/** Extracts an initramfs with GNU cpio (as root: owners and devices kept). */
-function extractWithCpio(initramfs: string, codec: 'gzip' | 'zstd'): string {
-  const dir = mkdtempSync(join(work, 'extract-'));
-  const cpio = execFileSync(codec === 'gzip' ? 'gzip' : 'zstd', ['-dc', initramfs], { maxBuffer: 1 << 30 });
-  execFileSync('cpio', ['-idm', '--quiet', '--no-absolute-filenames'], { cwd: dir, input: cpio });
-  return dir;
 }
 
 beforeAll(async () => {
@@ -95,7 +88,7 @@ describe('rampack build --image from a registry', () => {
 
   it('holds the flattened image plus the agent, as GNU cpio and bsdtar read it', () => {
     const { file, uncompressedSize } = readManifest(out).images[0]!;
-    const root = extractWithCpio(join(out, file), 'gzip');
+    const root = extractWithCpio(join(out, file), mkdtempSync(join(work, 'extract-')));
     for (const path of EXPECTED_PRESENT) expect(() => lstatSync(join(root, path)), path).not.toThrow();
     for (const path of EXPECTED_ABSENT) expect(() => lstatSync(join(root, path)), path).toThrow();
     expect(readFileSync(join(root, 'etc/motd'), 'utf8')).toBe('patched motd\n');
@@ -113,9 +106,9 @@ describe('rampack build --image from a registry', () => {
     expect(lstatSync(join(root, 'usr/lib/lang/libshared.so')).ino).toBe(lstatSync(join(root, 'usr/lib/base/libshared.so')).ino);
     const settings = JSON.parse(readFileSync(join(root, 'etc/rampack/image.json'), 'utf8'));
     expect(settings).toMatchObject({ language: 'lang', version: '2.0', arch: 'x86_64', workingDir: '/srv', cmd: ['lang-hello'] });
-    const listing = execFileSync('bsdtar', ['-tvf', join(out, file)], { maxBuffer: 1 << 26 }).toString();
+    const listing = listWithBsdtar(join(out, file));
     expect(listing).toContain('opt/lang/bin/lang-hello');
-    const cpioBytes = execFileSync('gzip', ['-dc', join(out, file)], { maxBuffer: 1 << 30 });
+    const cpioBytes = decompressedInitramfs(join(out, file));
     expect(cpioBytes.length).toBe(uncompressedSize);
   });
 
@@ -175,7 +168,7 @@ describe('rampack build with recipes', () => {
       'local-1.0-x86_64-true-gzip',
     ]);
     expect(images[0]!.env).toContain('EXTRA=yes');
-    const root = extractWithCpio(join(out, images[0]!.file), 'zstd');
+    const root = extractWithCpio(join(out, images[0]!.file), mkdtempSync(join(work, 'extract-')));
     expect(readFileSync(join(root, 'opt/lang/VERSION'), 'utf8')).toBe('1.0\n');
     expect(images[2]!.source.reference).toBe(`oci:${layout}:1.0`);
   });

@@ -5,7 +5,7 @@
  * virt) with Debian's stock kernels and the test agent cross-compiled per
  * arch, running the recipe's smoke command through the agent.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -69,6 +69,17 @@ describe('rampack verify --boot', () => {
       expect(check.agentReadyMs).toBeGreaterThan(0);
       expect(check.guestUptimeSeconds).toBeGreaterThan(0);
     }
+  });
+
+  it('boots with the kernel the recipe names for the arch', async () => {
+    const kernel = join(work, 'vmlinuz-from-recipe');
+    copyFileSync(await ensureDebianKernel('x86_64', KERNEL_CACHE), kernel);
+    const withKernel = join(work, 'lang-kernel.yaml');
+    writeFileSync(withKernel, `${readFileSync(recipe, 'utf8')}kernel:\n  x86_64: ${kernel}\n`);
+    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', withKernel, '--arch', 'x86_64', '--json']);
+    expect(result.code).toBe(0);
+    const [check] = JSON.parse(result.stdout) as BootCheck[];
+    expect(check).toMatchObject({ kernel, passed: true });
   });
 
   it('reports a failing smoke command with exit code 5, and the time to agent-ready of each image', async () => {

@@ -5,6 +5,7 @@
  * hold, and broken layers, fail with errors that name them.
  * (The tree itself is checked against umoci in flatten-umoci.test.ts.)
  */
+import { decompressedInitramfs, splitArchives } from '../helpers/initramfs.ts';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -116,9 +117,20 @@ describe('reproducible builds', () => {
         expect(await sha256File(join(out, file))).toBe(await sha256File(join(first, file)));
         expect(await readFile(join(out, 'manifest.json'), 'utf8')).toBe(await readFile(join(first, 'manifest.json'), 'utf8'));
       }
+      // The image's part, then rampack's archive: each sorted, every parent before its children.
+      const archives = splitArchives(decompressedInitramfs(join(first, file)));
+      expect(archives.length).toBeGreaterThanOrEqual(2);
+      const seen = new Set<string>();
+      for (const archive of archives) {
+        const names: string[] = [];
+        for await (const record of readNewcArchive(Readable.from([archive]), { data: 'skip' })) names.push(record.name);
+        expect(names).toEqual([...names].sort((a, b) => Buffer.compare(Buffer.from(a, 'latin1'), Buffer.from(b, 'latin1'))));
+        for (const name of names) {
+          if (name.includes('/')) expect(seen.has(name.slice(0, name.lastIndexOf('/'))), name).toBe(true);
+          seen.add(name);
+        }
+      }
       const records = await archiveRecords(join(first, file));
-      const names = records.map((record) => record.name);
-      expect(names).toEqual([...names].sort((a, b) => Buffer.compare(Buffer.from(a, 'latin1'), Buffer.from(b, 'latin1'))));
       expect(records.find((record) => record.name === 'bin/tool')).toMatchObject({ mtime: 1_710_037_800, nlink: 1, mode: 0o104755 });
       expect(records.find((record) => record.name === 'etc/hosts')).toMatchObject({ mtime: 1_700_000_000 });
     } finally {

@@ -4,7 +4,7 @@
  * `rampack manifest merge` -> sign -> verify -> publish, against a loopback
  * registry holding a multi-arch language image and a multi-arch agent image.
  */
-import { execFileSync } from 'node:child_process';
+import { listWithBsdtar, readWithBsdtar } from '../helpers/initramfs.ts';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -104,8 +104,8 @@ describe('plan -> parallel builds -> merge -> sign -> verify', () => {
       expect(image.agent.sha256).toBe(sha256(agents[image.arch]!));
     }
     const file = join(out(), manifest.images[0]!.file);
-    expect(execFileSync('bsdtar', ['-xOf', file, 'etc/motd']).toString()).toBe('built by the matrix\n');
-    const listing = execFileSync('bsdtar', ['-tvf', file]).toString();
+    expect(readWithBsdtar(file, 'etc/motd').toString()).toBe('built by the matrix\n');
+    const listing = listWithBsdtar(file);
     expect(listing).toMatch(/^-r--r--r-- .* etc\/motd$/m);
     expect(listing).not.toContain('var/cache/lang');
   });

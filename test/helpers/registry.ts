@@ -295,8 +295,16 @@ export async function startProxy(upstream: string, options: ProxyOptions = {}): 
     const path = request.url ?? '/';
     const recorded: ProxiedRequest = { method: request.method ?? '', path, authorization: request.headers.authorization, range: request.headers.range };
     requests.push(recorded);
+    // In flight = waiting for an answer. A delayed request stops counting when
+    // the proxy starts answering it, before the client can have read the whole
+    // answer and sent the next request (counting until 'close' races that).
     maxInFlight = Math.max(maxInFlight, ++inFlight);
-    response.on('close', () => inFlight--);
+    let waiting = true;
+    const answered = () => {
+      if (waiting) inFlight--;
+      waiting = false;
+    };
+    response.on('close', answered);
     const rule = rules.find((candidate) => candidate.times > 0 && candidate.when(recorded));
     if (rule) {
       rule.times--;
@@ -318,8 +326,12 @@ export async function startProxy(upstream: string, options: ProxyOptions = {}): 
           dropRange: fault?.kind === 'ignore-range',
           relay: broken && relayBroken(broken),
         });
-      if (fault?.kind === 'delay') setTimeout(relay, fault.ms);
-      else relay();
+      if (fault?.kind === 'delay') {
+        setTimeout(() => {
+          answered();
+          relay();
+        }, fault.ms);
+      } else relay();
     }
   });
   const listening = await listen(server);

@@ -54,7 +54,10 @@ const file = (path: string): TreeEntry => ({ path, type: 'file', mode: 0o644, ui
 
 describe('agent injection', () => {
   it('adds /init, image.json, /dev/console and missing mount points, sorted, keeping the image’s dirs', () => {
-    const { entries, imageJson } = injectAgent([dir('etc', 0o700), file('etc/hosts'), dir('tmp', 0o777)], options({ extraEnv: ['LANG=C.UTF-8'] }));
+    const injected = injectAgent([dir('etc', 0o700), file('etc/hosts'), dir('tmp', 0o777)], options({ extraEnv: ['LANG=C.UTF-8'] }));
+    const { imageJson } = injected;
+    expect(injected.image.map((e) => e.path)).toEqual(['etc', 'etc/hosts', 'tmp']);
+    const entries = [...injected.image, ...injected.added].sort((a, b) => (a.path < b.path ? -1 : 1));
     expect(entries.map((e) => e.path)).toEqual([
       'dev', 'dev/console', 'etc', 'etc/hosts', 'etc/rampack', 'etc/rampack/image.json', 'init', 'proc', 'root', 'run', 'sys', 'tmp',
     ]);
@@ -73,8 +76,9 @@ describe('agent injection', () => {
     const replaced = { path: 'init/x', name: 'user.note', value: Buffer.from('x') };
     const dropped = { path: 'usr/bin/gone', name: 'user.note', value: Buffer.from('x') };
     const image = [dir('init'), file('init/x'), dir('usr'), dir('usr/bin'), file('usr/bin/ping')];
-    const { entries, recordedXattrs } = injectAgent(image, options({ droppedXattrs: [xattr, replaced, dropped] }));
-    expect(entries.some((e) => e.path === 'init/x')).toBe(false);
+    const { image: kept, added, recordedXattrs } = injectAgent(image, options({ droppedXattrs: [xattr, replaced, dropped] }));
+    const entries = [...kept, ...added];
+    expect(entries.some((e) => e.path === 'init/x' || e.path === 'init' && e.type === 'dir')).toBe(false);
     expect(recordedXattrs).toEqual([xattr]);
     const record = entries.find((e) => e.path === 'etc/rampack/xattrs.json')!;
     expect(JSON.parse((record.data as Buffer).toString()).xattrs).toEqual([{ path: '/usr/bin/ping', name: 'security.capability', value: 'AQI=' }]);
