@@ -28,8 +28,8 @@ export const LEVELS: Readonly<Record<Exclude<Compression, 'none'>, LevelRange>> 
   zstd: { min: 1, max: 19, default: 3 },
 };
 
-/** Output buffer of the compressors: larger than zlib's 16 KiB default, so far fewer callbacks per archive. */
-const OUTPUT_CHUNK = 256 * 1024;
+/** Output buffer of the codecs: larger than zlib's 16 KiB default, so far fewer chunks flow through each stream. */
+export const OUTPUT_CHUNK = 256 * 1024;
 
 const EXTENSIONS: Readonly<Record<Compression, string>> = { gzip: '.gz', zstd: '.zst', none: '' };
 
@@ -87,7 +87,7 @@ export function detectCompression(head: Buffer): Compression {
 export function createDecompressor(compression: Compression): Transform {
   switch (compression) {
     case 'gzip':
-      return zlib.createGunzip();
+      return zlib.createGunzip({ chunkSize: OUTPUT_CHUNK });
     case 'zstd':
       return new ZstdFramesDecompress();
     case 'none':

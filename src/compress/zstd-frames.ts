@@ -9,6 +9,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import { CorruptStreamError } from './errors.ts';
+import { OUTPUT_CHUNK } from './index.ts';
 
 const ZSTD_MAGIC = 0xfd2fb528;
 /** Skippable frames use magics 0x184D2A50 to 0x184D2A5F. */
@@ -170,7 +171,7 @@ export class ZstdFramesDecompress extends Transform {
   }
 
   #openFrame(): zlib.ZstdDecompress {
-    const frame = zlib.createZstdDecompress();
+    const frame = zlib.createZstdDecompress({ chunkSize: OUTPUT_CHUNK });
     frame.on('data', (data: Buffer) => this.push(data));
     frame.on('error', (error) => this.destroy(error));
     return frame;
