@@ -16,6 +16,8 @@ interface CommandSpec {
   name: string;
   description: string;
   options: OptionSpec[];
+  /** Names of its own subcommands (`manifest merge|sign|verify`). */
+  subcommands: string[];
 }
 
 const HELP: OptionSpec = { flags: ['-h', '--help'], description: 'display help', takesValue: false, choices: [] };
@@ -36,6 +38,7 @@ function commandSpecs(root: Command): { global: OptionSpec[]; commands: CommandS
       name: command.name(),
       description: command.description(),
       options: [...command.options.map(optionSpec), HELP],
+      subcommands: command.commands.map((subcommand) => subcommand.name()),
     })),
   };
 }
@@ -53,10 +56,10 @@ function bash(root: Command): string {
     .concat(global)
     .filter((option) => option.choices.length > 0)
     .map((option) => `    ${option.flags.join('|')}) COMPREPLY=($(compgen -W '${option.choices.join(' ')}' -- "$cur")); return ;;`);
-  const commandCases = commands.map((command) => `    ${command.name}) opts='${words(command.options)}' ;;`);
+  const commandCases = commands.map((command) => `    ${command.name}) opts='${words(command.options)}' subs='${command.subcommands.join(' ')}' ;;`);
   return `# bash completion for rampack: source <(rampack completion bash)
 _rampack() {
-  local cur=\${COMP_WORDS[COMP_CWORD]} prev=\${COMP_WORDS[COMP_CWORD-1]} command= word opts
+  local cur=\${COMP_WORDS[COMP_CWORD]} prev=\${COMP_WORDS[COMP_CWORD-1]} command= word opts subs=
   for word in "\${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
     case $word in -*) ;; *) command=$word; break ;; esac
   done
@@ -67,7 +70,9 @@ ${[...new Set(choiceCases)].join('\n')}
 ${commandCases.join('\n')}
     *) opts='${commands.map((command) => command.name).join(' ')} ${words(global)}' ;;
   esac
-  if [[ -z $command || $cur == -* ]]; then
+  if [[ -n $subs && $prev == "$command" && $cur != -* ]]; then
+    COMPREPLY=($(compgen -W "$subs" -- "$cur"))
+  elif [[ -z $command || $cur == -* ]]; then
     COMPREPLY=($(compgen -W "$opts" -- "$cur"))
   else
     COMPREPLY=($(compgen -f -- "$cur"))
@@ -85,8 +90,10 @@ function zshArgument(option: OptionSpec): string {
 
 function zsh(root: Command): string {
   const { global, commands } = commandSpecs(root);
-  const commandCases = commands.map(
-    (command) => `    (${command.name}) _arguments ${command.options.map(zshArgument).join(' ')} '*:file:_files' ;;`,
+  const commandCases = commands.map((command) =>
+    command.subcommands.length > 0
+      ? `    (${command.name}) if (( CURRENT == 3 )); then _values subcommand ${command.subcommands.join(' ')}; else _files; fi ;;`
+      : `    (${command.name}) _arguments ${command.options.map(zshArgument).join(' ')} '*:file:_files' ;;`,
   );
   return `#compdef rampack
 # zsh completion for rampack: source <(rampack completion zsh), or save as _rampack on $fpath
@@ -119,6 +126,9 @@ function fish(root: Command): string {
     ...commands.map((command) => `complete -c rampack -f -n __fish_use_subcommand -a ${command.name} -d '${plain(command.description)}'`),
     ...global.map((option) => fishOption('__fish_use_subcommand', option)),
     ...commands.flatMap((command) => command.options.map((option) => fishOption(`__fish_seen_subcommand_from ${command.name}`, option))),
+    ...commands
+      .filter((command) => command.subcommands.length > 0)
+      .map((command) => `complete -c rampack -f -n '__fish_seen_subcommand_from ${command.name}' -a '${command.subcommands.join(' ')}'`),
     '',
   ].join('\n');
 }

@@ -25,6 +25,8 @@ export interface OutputFlags extends LoggerOptions {
 /** One image's work; it reports its stages through `reporter`. */
 export interface ImageJob {
   label: string;
+  /** The stages it reports, in order (default: a build's). */
+  stages?: readonly BuildStage[];
   run(reporter: BuildReporter): Promise<void>;
 }
 
@@ -152,11 +154,15 @@ function deferred(): Deferred {
  */
 class StageBridge implements BuildReporter {
   readonly #clock = new StageClock();
-  readonly #ended = new Map(BUILD_STAGES.map((stage) => [stage, deferred()]));
+  readonly #ended: Map<BuildStage, Deferred>;
   readonly #tasks = new Map<BuildStage, StageTask>();
   readonly #redrawn = new Map<BuildStage, number>();
   /** Titles of stages that ended before their subtask was shown. */
   readonly #titles = new Map<BuildStage, string>();
+
+  constructor(stages: readonly BuildStage[]) {
+    this.#ended = new Map(stages.map((stage) => [stage, deferred()]));
+  }
 
   start(stage: BuildStage): void {
     this.#clock.start(stage);
@@ -200,7 +206,8 @@ async function runWithTaskView(jobs: readonly ImageJob[]): Promise<void> {
     jobs.map((job) => ({
       title: job.label,
       task: (_context, imageTask) => {
-        const bridge = new StageBridge();
+        const stages = job.stages ?? BUILD_STAGES;
+        const bridge = new StageBridge(stages);
         const started = performance.now();
         job.run(bridge).then(
           () => {
@@ -210,7 +217,7 @@ async function runWithTaskView(jobs: readonly ImageJob[]): Promise<void> {
           (error: unknown) => bridge.settle(error),
         );
         return imageTask.newListr(
-          BUILD_STAGES.map((stage) => ({ title: stage, task: (_stageContext, stageTask) => bridge.follow(stage, stageTask) })),
+          stages.map((stage) => ({ title: stage, task: (_stageContext, stageTask) => bridge.follow(stage, stageTask) })),
           { concurrent: false, exitOnError: true },
         );
       },

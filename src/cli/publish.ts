@@ -6,7 +6,7 @@ import { parseImageReference } from '../image/reference.ts';
 import { loadSigningKey, SIGNING_KEY_ENV } from '../manifest/sign.ts';
 import { publishToDirectory } from '../publish/directory.ts';
 import { publishToRegistry } from '../publish/registry.ts';
-import { lineLogger } from '../util/log.ts';
+import { createOutput } from './progress.ts';
 
 interface PublishFlags {
   to?: string;
@@ -14,16 +14,35 @@ interface PublishFlags {
   key?: string;
   prune?: boolean;
   quiet?: boolean;
+  verbose?: boolean;
 }
 
 async function runPublish(manifest: string, flags: PublishFlags): Promise<void> {
   if (Boolean(flags.to) === Boolean(flags.registry)) throw new UsageError('give one destination: --to DIR or --registry HOST/REPO:TAG');
   if (flags.prune && flags.registry) throw new UsageError('--prune applies to --to DIR; a registry collects unreferenced blobs itself');
   const signingKey = flags.key || process.env[SIGNING_KEY_ENV] ? await loadSigningKey(flags.key) : undefined;
-  const log = lineLogger(flags);
-  const result = flags.registry
-    ? { reference: flags.registry, digest: await publishToRegistry(resolve(manifest), parseImageReference(flags.registry), { signingKey, log, push: { log } }) }
-    : await publishToDirectory(resolve(manifest), resolve(flags.to!), { signingKey, prune: flags.prune, log });
+  const output = createOutput(flags);
+  const log = output.log;
+  const destination = flags.registry ?? resolve(flags.to!);
+  let result: object = {};
+  await output.runJobs([
+    {
+      label: `publish ${destination}`,
+      stages: ['publish'],
+      run: async (reporter) => {
+        reporter.start('publish');
+        if (flags.registry) {
+          const digest = await publishToRegistry(resolve(manifest), parseImageReference(flags.registry), { signingKey, log, push: { log } });
+          result = { reference: flags.registry, digest };
+          reporter.end('publish', `${flags.registry} (${digest})`);
+        } else {
+          const published = await publishToDirectory(resolve(manifest), destination, { signingKey, prune: flags.prune, log });
+          result = published;
+          reporter.end('publish', `${published.copied.length} files copied, ${published.reused.length} already there${signingKey ? ', signed' : ''}`);
+        }
+      },
+    },
+  ]);
   process.stdout.write(`${JSON.stringify(result)}\n`);
 }
 
@@ -36,6 +55,7 @@ export function publishCommand(): Command {
     .option('--key <file>', `sign the published manifest with this private key (default: ${SIGNING_KEY_ENV} when set)`)
     .option('--prune', 'with --to: remove files the new manifest does not name (readers of older manifests lose them)')
     .option('-q, --quiet', 'print warnings and errors only')
+    .option('-v, --verbose', 'print more detail')
     .addHelpText(
       'after',
       `

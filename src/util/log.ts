@@ -29,7 +29,8 @@ export const silentLogger: Logger = { info: () => {}, warn: () => {}, debug: () 
  * (a task view in a terminal, log lines in CI).
  */
 export const BUILD_STAGES = ['resolve', 'pull', 'flatten', 'compress', 'write'] as const;
-export type BuildStage = (typeof BUILD_STAGES)[number];
+/** A build's stages, and `publish`, the one stage of `rampack publish`. */
+export type BuildStage = (typeof BUILD_STAGES)[number] | 'publish';
 
 /** How far a stage has got: bytes for pull and compress, entries for flatten. */
 export interface StageProgress {

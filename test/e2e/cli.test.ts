@@ -141,6 +141,20 @@ describe('build progress', () => {
     expect(screen).not.toMatch(LOG_LINE);
   });
 
+  it('shows publishing as a task on a terminal, and as a timestamped line elsewhere', async () => {
+    const manifest = join(work, 'out-tty', 'manifest.json');
+    const site = join(work, 'site-tty');
+    const tty = await runInTerminal(['publish', manifest, '--to', site]);
+    expect(tty.code).toBe(0);
+    expect(tty.stdout).toContain('✔');
+    expect(tty.stdout).toMatch(/publish: 1 files copied, 0 already there in \d/);
+    expect(tty.stdout).not.toMatch(LOG_LINE);
+    const plain = await rampack(['publish', manifest, '--to', site]);
+    expect(plain.code).toBe(0);
+    expect(plain.stderr).toMatch(/^\S+ info publish \S+: publish: 0 files copied, 1 already there in \d/m);
+    expect(plain.stderr).not.toContain(ESCAPE);
+  });
+
   it('NO_COLOR keeps the task view but drops the colors', async () => {
     const result = await runInTerminal(buildArgs(layoutV1, join(work, 'out-tty-nocolor')), { NO_COLOR: '1' });
     expect(result.code).toBe(0);
@@ -276,14 +290,28 @@ describe('help, completion and exit codes', () => {
     expect((await rampack(['--help'])).stdout).toContain('Exit codes: 0 ok, 1 internal error');
   });
 
-  it('prints completion scripts for bash, zsh and fish', async () => {
+  it('prints completion scripts for bash, zsh and fish that the shells parse and answer with', async () => {
+    ensureTools(TOOLS.zsh, TOOLS.fish);
     const bash = await rampack(['completion', 'bash']);
     expect(bash.code).toBe(0);
     execFileSync('bash', ['-n'], { input: bash.stdout });
     const completed = execFileSync('bash', ['-c', `${bash.stdout}\nCOMP_WORDS=(rampack verify --ar); COMP_CWORD=2; _rampack; echo "\${COMPREPLY[@]}"\nCOMP_WORDS=(rampack build --arch ''); COMP_CWORD=3; _rampack; echo "\${COMPREPLY[@]}"`]).toString();
     expect(completed).toBe('--arch\nx86_64 aarch64\n');
-    expect((await rampack(['completion', 'zsh'])).stdout).toMatch(/^#compdef rampack\n[\s\S]*'\(-q --quiet\)'\{-q,--quiet\}/);
-    expect((await rampack(['completion', 'fish'])).stdout).toContain("complete -c rampack -n '__fish_seen_subcommand_from verify' -l smoke -r");
+    const nested = execFileSync('bash', ['-c', `${bash.stdout}\nCOMP_WORDS=(rampack manifest ''); COMP_CWORD=2; _rampack; echo "\${COMPREPLY[@]}"`]).toString();
+    expect(nested).toBe('merge sign verify\n');
+    const zsh = (await rampack(['completion', 'zsh'])).stdout;
+    expect(zsh).toMatch(/^#compdef rampack\n[\s\S]*'\(-q --quiet\)'\{-q,--quiet\}/);
+    expect(zsh).toContain('(manifest) if (( CURRENT == 3 )); then _values subcommand merge sign verify;');
+    execFileSync('zsh', ['-n'], { input: zsh });
+    const fish = (await rampack(['completion', 'fish'])).stdout;
+    expect(fish).toContain("complete -c rampack -n '__fish_seen_subcommand_from verify' -l smoke -r");
+    expect(fish).toContain("complete -c rampack -f -n '__fish_seen_subcommand_from manifest' -a 'merge sign verify'");
+    const fishScript = join(work, 'rampack.fish');
+    writeFileSync(fishScript, fish);
+    execFileSync('fish', ['--no-execute', fishScript]);
+    // fish answers completions itself: ask it, with the script loaded.
+    const fishAnswers = execFileSync('fish', ['-c', `source ${fishScript}; complete -C 'rampack build --arch '`]).toString();
+    expect(fishAnswers.split('\n').map((line) => line.split('\t')[0])).toEqual(expect.arrayContaining(['x86_64', 'aarch64']));
   });
 
   it('exits 2 for usage errors', async () => {

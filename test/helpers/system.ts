@@ -28,6 +28,8 @@ export const TOOLS = {
   qemuArm: { command: 'qemu-system-aarch64', pkg: 'qemu-system-arm' },
   aarch64Gcc: { command: 'aarch64-linux-gnu-gcc', pkg: 'gcc-aarch64-linux-gnu' },
   gnuTime: { file: '/usr/bin/time', pkg: 'time' },
+  zsh: { command: 'zsh', pkg: 'zsh' },
+  fish: { command: 'fish', pkg: 'fish' },
   // --no-install-recommends leaves the cross compiler without libc headers.
   aarch64Libc: { file: '/usr/aarch64-linux-gnu/include/stdio.h', pkg: 'libc6-dev-arm64-cross' },
 } as const satisfies Record<string, Tool>;
