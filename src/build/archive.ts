@@ -46,6 +46,8 @@ export type ShardResult =
   | { index: number; error: { message: string; exitCode?: RampackError['exitCode']; hint?: string } };
 
 export interface ImageArchive {
+  /** The cache key: it names everything written into this part. */
+  key: string;
   /** The compressed archives of the image's part, concatenated, in the cache. */
   path: string;
   uncompressedBytes: number;
@@ -163,7 +165,7 @@ export async function imageArchive(
   const cached = await readFile(metaPath, 'utf8').then((text) => JSON.parse(text) as { uncompressedBytes: number; size: number }, () => undefined);
   if (cached && (await stat(path).then((info) => info.size, () => -1)) === cached.size) {
     onProgress(cached.uncompressedBytes);
-    return { path, uncompressedBytes: cached.uncompressedBytes, directories, fromCache: true };
+    return { key, path, uncompressedBytes: cached.uncompressedBytes, directories, fromCache: true };
   }
   const work = await mkdtemp(join(cacheDir, '.shards-'));
   try {
@@ -178,7 +180,7 @@ export async function imageArchive(
     const uncompressedBytes = await runShardJobs(jobs, (bytes) => onProgress((done += bytes)));
     await writeAtomically(path, (temporary) => concatenate(jobs.map((job) => job.output), temporary));
     await writeFileAtomically(metaPath, JSON.stringify({ uncompressedBytes, size: (await stat(path)).size }));
-    return { path, uncompressedBytes, directories, fromCache: false };
+    return { key, path, uncompressedBytes, directories, fromCache: false };
   } finally {
     await rm(work, { recursive: true, force: true });
   }
@@ -202,21 +204,60 @@ export interface WrittenInitramfs {
   sha256: string;
   size: number;
   uncompressedBytes: number;
+  /** The file already held exactly these bytes and was left alone. */
+  unchanged: boolean;
 }
 
-/** The image's part followed by rampack's archive, written atomically to `path`. */
+/** What was last written to an output path, to recognise a rebuild that changes nothing. */
+interface OutputRecord {
+  baseKey: string;
+  addedSha256: string;
+  /** The file as written: a later edit or replacement changes one of these. */
+  size: number;
+  mtimeMs: number;
+  ino: number;
+  result: Omit<WrittenInitramfs, 'unchanged'>;
+}
+
+function outputRecordPath(cacheDir: string, output: string): string {
+  return join(cacheDir, 'outputs', `${createHash('sha256').update(output).digest('hex')}.json`);
+}
+
+async function unchangedOutput(recordPath: string, output: string, baseKey: string, addedSha256: string): Promise<OutputRecord['result'] | undefined> {
+  const record = await readFile(recordPath, 'utf8').then((text) => JSON.parse(text) as OutputRecord, () => undefined);
+  const current = await stat(output).catch(() => undefined);
+  if (!record || !current || record.baseKey !== baseKey || record.addedSha256 !== addedSha256) return undefined;
+  const same = record.size === current.size && record.mtimeMs === current.mtimeMs && record.ino === current.ino;
+  return same ? record.result : undefined;
+}
+
+/**
+ * The image's part followed by rampack's archive, written atomically to
+ * `path`, unless the file there is what the last build wrote from the same
+ * inputs and nobody touched it since (same size, mtime and inode).
+ */
 export async function writeInitramfs(
   path: string,
   base: ImageArchive,
   added: readonly TreeEntry[],
   settings: ArchiveSettings,
+  cacheDir: string,
 ): Promise<WrittenInitramfs> {
   const overlay = newcArchive(added, { clampMtime: settings.clampMtime, presentDirectories: base.directories });
+  const addedArchive = Buffer.concat(await overlay.pipe(createCompressor(settings.compression, settings.level)).toArray());
+  const addedSha256 = createHash('sha256').update(addedArchive).digest('hex');
+  const recordPath = outputRecordPath(cacheDir, path);
+  const previous = await unchangedOutput(recordPath, path, base.key, addedSha256);
+  if (previous) return { ...previous, unchanged: true };
   async function* chunks() {
     yield* createReadStream(base.path);
-    yield* overlay.pipe(createCompressor(settings.compression, settings.level));
+    yield addedArchive;
   }
   const measure = new Measure();
   await writeAtomically(path, (temporary) => pipeline(Readable.from(chunks()), measure, createWriteStream(temporary)));
-  return { sha256: measure.digestHex(), size: measure.bytes, uncompressedBytes: base.uncompressedBytes + overlay.stats.bytes };
+  const result = { sha256: measure.digestHex(), size: measure.bytes, uncompressedBytes: base.uncompressedBytes + overlay.stats.bytes };
+  const written = await stat(path);
+  const record: OutputRecord = { baseKey: base.key, addedSha256, size: written.size, mtimeMs: written.mtimeMs, ino: written.ino, result };
+  await writeFileAtomically(recordPath, JSON.stringify(record));
+  return { ...result, unchanged: false };
 }

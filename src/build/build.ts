@@ -155,9 +155,9 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   const settings = { compression: target.compression, level: target.level, clampMtime: options.sourceDateEpoch };
   const report = (bytes: number) => reporter.progress('compress', { done: bytes, unit: 'bytes' });
   const base = await imageArchive(injected.image, settings, options.cacheDir, report);
-  const written = await writeInitramfs(join(options.outDir, file), base, injected.added, settings);
+  const written = await writeInitramfs(join(options.outDir, file), base, injected.added, settings, options.cacheDir);
   const ratio = (written.uncompressedBytes / Math.max(1, written.size)).toFixed(1);
-  const reused = base.fromCache ? ', image part from cache' : '';
+  const reused = written.unchanged ? ', file unchanged' : base.fromCache ? ', image part from cache' : '';
   reporter.end('compress', `${formatBytes(written.uncompressedBytes)} -> ${formatBytes(written.size)} (${target.compression}, ${ratio}x${reused})`);
   options.log.info(`${label}: wrote ${file} (${entries.length} entries, ${written.uncompressedBytes} -> ${written.size} bytes${reused})`);
   const directories = sizeByDirectory(treeFiles(entries), 2).slice(0, 5);

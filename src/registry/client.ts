@@ -181,7 +181,7 @@ export class RegistryClient {
   private async sendPing(): Promise<void> {
     const what = `contacting registry ${this.image.registry}`;
     const hint = `check the registry name and your network (rampack speaks HTTPS, and plain HTTP only to loopback and --insecure-registry hosts)`;
-    const response = await withRetries(this.options.retry, { what, hint }, () => this.pingOnce());
+    const response = await withRetries(this.options.retry, { what, hint }, () => this.options.transport.limited(this.image.host, () => this.pingOnce()));
     void response.body?.cancel();
     if (response.status === 401) {
       this.auth.learn(parseChallenge(response.headers.get('www-authenticate')));

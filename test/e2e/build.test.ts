@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -142,6 +142,32 @@ describe('rampack build --image from a registry', () => {
     expect(result.code).toBe(0);
     expect(sha256File(join(again, file))).toBe(sha256);
     expect(readFileSync(join(again, 'manifest.json'), 'utf8')).toBe(readFileSync(join(out, 'manifest.json'), 'utf8'));
+  });
+});
+
+describe('rebuilding', () => {
+  it('leaves an output alone when nothing changed, and rewrites it when the file was touched or the agent changed', async () => {
+    const out = join(work, 'out-rebuild');
+    const cache = join(work, 'cache-rebuild');
+    const build = (agentFile: string) =>
+      runRampack(['build', '--image', `oci:${layout}:1.0`, '--agent', agentFile, '--language', 'lang', '--version', '1.0', '--out', out, '--cache', cache]);
+    expect((await build(agent)).code).toBe(0);
+    const file = join(out, 'lang-1.0-x86_64.cpio.gz');
+    const first = lstatSync(file);
+    const again = await build(agent);
+    expect(again.code).toBe(0);
+    expect(again.stderr).toContain('file unchanged');
+    expect(lstatSync(file)).toMatchObject({ ino: first.ino, mtimeMs: first.mtimeMs });
+    utimesSync(file, new Date(), new Date(2000, 0, 1));
+    const touched = await build(agent);
+    expect(touched.stderr).toContain('image part from cache');
+    expect(lstatSync(file).ino).not.toBe(first.ino);
+    const otherAgent = join(work, 'agent-other');
+    writeFileSync(otherAgent, Buffer.concat([readFileSync(agent), Buffer.from([0])]));
+    const changed = await build(otherAgent);
+    expect(changed.stderr).toContain('image part from cache');
+    expect(readManifest(out).images[0]!.agent.sha256).toBe(sha256File(otherAgent));
+    expect(readManifest(out).images[0]!.sha256).toBe(sha256File(file));
   });
 });
 

@@ -295,9 +295,9 @@ export async function startProxy(upstream: string, options: ProxyOptions = {}): 
     const path = request.url ?? '/';
     const recorded: ProxiedRequest = { method: request.method ?? '', path, authorization: request.headers.authorization, range: request.headers.range };
     requests.push(recorded);
-    // In flight = waiting for an answer. A delayed request stops counting when
-    // the proxy starts answering it, before the client can have read the whole
-    // answer and sent the next request (counting until 'close' races that).
+    // In flight = waiting for the proxy to start answering: a request stops
+    // counting before the client can have read the answer and sent the next
+    // one (counting until 'close' would race that and over-count).
     maxInFlight = Math.max(maxInFlight, ++inFlight);
     let waiting = true;
     const answered = () => {
@@ -320,18 +320,16 @@ export async function startProxy(upstream: string, options: ProxyOptions = {}): 
       response.writeHead(307, { location: `${options.redirectBlobsTo}${path}` }).end();
     } else {
       const broken = fault?.kind === 'reset' || fault?.kind === 'truncate' || fault?.kind === 'stall' ? fault.kind : undefined;
-      const relay = () =>
+      const relay = () => {
+        answered();
         forward(upstream, request, response, {
           authorization: options.upstreamAuthorization ?? request.headers.authorization,
           dropRange: fault?.kind === 'ignore-range',
           relay: broken && relayBroken(broken),
         });
-      if (fault?.kind === 'delay') {
-        setTimeout(() => {
-          answered();
-          relay();
-        }, fault.ms);
-      } else relay();
+      };
+      if (fault?.kind === 'delay') setTimeout(relay, fault.ms);
+      else relay();
     }
   });
   const listening = await listen(server);
