@@ -1,0 +1,52 @@
+import { describe, expect, it } from 'vitest';
+import { imageArchiveKey, shardEntries } from '../../src/build/archive.ts';
+import type { TreeEntry } from '../../src/tree/entry.ts';
+
+const file = (path: string, size: number, inode?: number): TreeEntry => ({
+  path, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, inode, data: { file: '/cache/layers/sha256/abc.tar', offset: 512, size },
+});
+
+describe('sharding the image part', () => {
+  it('cuts after about the shard size, keeping the order', () => {
+    const entries = Array.from({ length: 10 }, (_, i) => file(`f${i}`, 40));
+    const shards = shardEntries(entries, 100);
+    expect(shards.map((shard) => shard.map((e) => e.path))).toEqual([['f0', 'f1', 'f2'], ['f3', 'f4', 'f5'], ['f6', 'f7', 'f8'], ['f9']]);
+    expect(shards.flat()).toEqual(entries);
+  });
+
+  it('never cuts inside a hard-link group', () => {
+    const entries = [file('a', 100, 7), file('b', 100), file('c', 100), file('d', 0, 7), file('e', 100)];
+    const shards = shardEntries(entries, 100);
+    const shardOf = (path: string) => shards.findIndex((shard) => shard.some((e) => e.path === path));
+    expect(shardOf('a')).toBe(shardOf('d'));
+    expect(shards.length).toBeGreaterThan(1);
+  });
+
+  it('gives one (possibly empty) shard for a small tree', () => {
+    expect(shardEntries([], 100)).toEqual([[]]);
+    expect(shardEntries([file('x', 1)], 100)).toHaveLength(1);
+  });
+});
+
+describe('the image part cache key', () => {
+  const settings = { compression: 'gzip' as const };
+  const base = [file('a', 10), file('b', 20)];
+
+  it('is stable, and independent of where the cache lives', () => {
+    const moved = base.map((e) => ({ ...e, data: { ...(e.data as { offset: number; size: number }), file: '/elsewhere/layers/sha256/abc.tar' } }));
+    expect(imageArchiveKey(base, settings)).toBe(imageArchiveKey(moved, settings));
+  });
+
+  it('changes with metadata, data, codec, level and the mtime clamp', () => {
+    const key = imageArchiveKey(base, settings);
+    const others = [
+      imageArchiveKey([{ ...base[0]!, mode: 0o600 }, base[1]!], settings),
+      imageArchiveKey([{ ...base[0]!, data: { file: '/c/layers/sha256/def.tar', offset: 512, size: 10 } }, base[1]!], settings),
+      imageArchiveKey([{ ...base[0]!, data: Buffer.from('x') }, base[1]!], settings),
+      imageArchiveKey(base, { compression: 'zstd' }),
+      imageArchiveKey(base, { compression: 'gzip', level: 9 }),
+      imageArchiveKey(base, { compression: 'gzip', clampMtime: 0 }),
+    ];
+    expect(new Set([key, ...others]).size).toBe(others.length + 1);
+  });
+});
