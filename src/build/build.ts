@@ -69,19 +69,31 @@ interface PullCount {
   downloaded: number;
 }
 
-/** Every layer blob as a local file (downloaded into the cache for registries). */
-async function pullLayers(image: ResolvedImage, store: ContentStore, count: PullCount, reporter: BuildReporter): Promise<string[]> {
+/**
+ * Every layer blob made local (downloaded into the cache for registries; the
+ * transport bounds requests per registry) and unpacked as soon as it is there,
+ * so downloading one layer overlaps unpacking another.
+ */
+async function pullAndUnpack(
+  image: ResolvedImage,
+  store: ContentStore,
+  count: PullCount,
+  options: BuildOptions,
+  reporter: BuildReporter,
+): Promise<UnpackedLayer[]> {
   reporter.start('pull');
-  const blobPaths = await mapConcurrent(image.layers, LAYER_CONCURRENCY, (descriptor) => store.blobPath(descriptor));
-  reporter.end('pull', `${image.layers.length} layers, ${formatBytes(count.total)} (${formatBytes(count.downloaded)} downloaded)`);
-  return blobPaths;
-}
-
-async function unpackLayers(image: ResolvedImage, blobPaths: string[], options: BuildOptions, reporter: BuildReporter): Promise<UnpackedLayer[]> {
+  const blobPaths = image.layers.map((descriptor) => store.blobPath(descriptor));
+  // Each is awaited below; until then a failure must not count as unhandled.
+  for (const blobPath of blobPaths) blobPath.catch(() => {});
+  void Promise.all(blobPaths).then(
+    () => reporter.end('pull', `${image.layers.length} layers, ${formatBytes(count.total)} (${formatBytes(count.downloaded)} downloaded)`),
+    () => {},
+  );
+  reporter.start('flatten');
   let entries = 0;
   return mapConcurrent(image.layers, LAYER_CONCURRENCY, async (descriptor, index) => {
     const diffId = image.config.rootfs.diff_ids[index]!;
-    const layer = await unpackLayer({ blobPath: blobPaths[index]!, descriptor, diffId, cacheDir: options.cacheDir });
+    const layer = await unpackLayer({ blobPath: await blobPaths[index]!, descriptor, diffId, cacheDir: options.cacheDir });
     options.log.debug(`layer ${index + 1}/${image.layers.length} ${descriptor.digest}: ${layer.entries.length} entries`);
     entries += layer.entries.length;
     reporter.progress('flatten', { done: entries, unit: 'entries' });
@@ -129,9 +141,7 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   reporter.end('resolve', `${image.manifestDigest} (${image.layers.length} layers)`);
   options.log.info(`${label}: ${image.reference} -> ${image.manifestDigest} (${image.layers.length} layers)`);
 
-  const blobPaths = await pullLayers(image, store, pull, reporter);
-  reporter.start('flatten');
-  const flat = flattenLayers(await unpackLayers(image, blobPaths, options, reporter));
+  const flat = flattenLayers(await pullAndUnpack(image, store, pull, options, reporter));
   for (const warning of flat.warnings) options.log.warn(`${label}: ${warning}`);
   const mtime = addedFilesMtime(image, options.sourceDateEpoch);
   const tree = await applyTreeOptions(flat.entries, target, { mtime, log: options.log, label });
