@@ -14,12 +14,11 @@ import { InputError } from '../errors.ts';
 import { resolveImage } from '../image/resolve.ts';
 import type { ContentStore, ResolvedImage } from '../image/source.ts';
 import { flattenLayers } from '../layers/flatten.ts';
-import { unpackLayer, type UnpackedLayer } from '../layers/unpack.ts';
+import { unpackImageLayers, type UnpackedLayer } from '../layers/unpack.ts';
 import type { ManifestImage } from '../manifest/manifest.ts';
 import type { BuildTarget } from '../recipe/recipe.ts';
 import { applyTreeOptions } from '../recipe/tree-options.ts';
 import { dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
-import { mapConcurrent } from '../util/concurrency.ts';
 import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
 import { formatBytes, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
 import { imageArchive, writeInitramfs } from './archive.ts';
@@ -34,8 +33,6 @@ export interface BuildOptions extends SourceOptions {
   /** SOURCE_DATE_EPOCH: newer mtimes are clamped to it, and added files get it. */
   sourceDateEpoch?: number;
 }
-
-const LAYER_CONCURRENCY = 3;
 
 async function readAgent(target: BuildTarget): Promise<Buffer> {
   if (!target.agent) {
@@ -91,13 +88,10 @@ async function pullAndUnpack(
   );
   reporter.start('flatten');
   let entries = 0;
-  return mapConcurrent(image.layers, LAYER_CONCURRENCY, async (descriptor, index) => {
-    const diffId = image.config.rootfs.diff_ids[index]!;
-    const layer = await unpackLayer({ blobPath: await blobPaths[index]!, descriptor, diffId, cacheDir: options.cacheDir });
-    options.log.debug(`layer ${index + 1}/${image.layers.length} ${descriptor.digest}: ${layer.entries.length} entries`);
+  return unpackImageLayers(image.layers, image.config.rootfs.diff_ids, (_descriptor, index) => blobPaths[index]!, options.cacheDir, (layer, index) => {
+    options.log.debug(`layer ${index + 1}/${image.layers.length} ${layer.diffId}: ${layer.entries.length} entries`);
     entries += layer.entries.length;
     reporter.progress('flatten', { done: entries, unit: 'entries' });
-    return layer;
   });
 }
 

@@ -14,6 +14,7 @@ import { createDecompressor, detectCompression, isCorruptStreamError } from '../
 import { InputError, VerificationError } from '../errors.ts';
 import type { Descriptor } from '../image/types.ts';
 import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
+import { mapConcurrent } from '../util/concurrency.ts';
 import { digestHex } from '../util/digest.ts';
 import { SparseFileWriter } from './sparse-file.ts';
 import { type LayerEntry, TarIndexer, tarIndexStream } from './tar-index.ts';
@@ -184,4 +185,25 @@ class DigestingStream extends Transform {
     this.result ??= `sha256:${this.hash.digest('hex')}`;
     return this.result;
   }
+}
+
+/** Layers unpacked at once: decompression runs on the thread pool, so a few keep every core busy. */
+const LAYER_CONCURRENCY = 3;
+
+/**
+ * Unpacks an image's layers (bottom to top, the order of `layers` and
+ * `diffIds`), each as soon as `blobPath` makes its blob local.
+ */
+export function unpackImageLayers(
+  layers: readonly Descriptor[],
+  diffIds: readonly string[],
+  blobPath: (descriptor: Descriptor, index: number) => Promise<string>,
+  cacheDir: string,
+  onUnpacked: (layer: UnpackedLayer, index: number) => void = () => {},
+): Promise<UnpackedLayer[]> {
+  return mapConcurrent(layers, LAYER_CONCURRENCY, async (descriptor, index) => {
+    const layer = await unpackLayer({ blobPath: await blobPath(descriptor, index), descriptor, diffId: diffIds[index]!, cacheDir });
+    onUnpacked(layer, index);
+    return layer;
+  });
 }

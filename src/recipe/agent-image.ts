@@ -12,14 +12,11 @@ import { InputError } from '../errors.ts';
 import { resolveImage } from '../image/resolve.ts';
 import type { Arch } from '../image/source.ts';
 import { flattenLayers } from '../layers/flatten.ts';
-import { unpackLayer } from '../layers/unpack.ts';
+import { unpackImageLayers } from '../layers/unpack.ts';
 import { BlobCache } from '../registry/cache.ts';
 import { bytePath, type FileRange, type TreeEntry } from '../tree/entry.ts';
-import { mapConcurrent } from '../util/concurrency.ts';
 import { sha256Digest } from '../util/digest.ts';
 import type { BuildTarget } from './recipe.ts';
-
-const LAYER_CONCURRENCY = 3;
 
 async function readRange(range: FileRange): Promise<Buffer> {
   const handle = await open(range.file);
@@ -36,9 +33,7 @@ async function readRange(range: FileRange): Promise<Buffer> {
 async function imageFile(reference: string, path: string, arch: Arch, options: SourceOptions): Promise<TreeEntry | undefined> {
   const store = await openContentStore(reference, options);
   const image = await resolveImage(store, arch);
-  const layers = await mapConcurrent(image.layers, LAYER_CONCURRENCY, async (descriptor, index) =>
-    unpackLayer({ blobPath: await store.blobPath(descriptor), descriptor, diffId: image.config.rootfs.diff_ids[index]!, cacheDir: options.cacheDir }),
-  );
+  const layers = await unpackImageLayers(image.layers, image.config.rootfs.diff_ids, (descriptor) => store.blobPath(descriptor), options.cacheDir);
   const wanted = bytePath(path.replace(/^\/+/, ''));
   return flattenLayers(layers).entries.find((entry) => entry.path === wanted);
 }
