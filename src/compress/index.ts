@@ -5,7 +5,7 @@
 import { PassThrough, type Transform } from 'node:stream';
 import zlib from 'node:zlib';
 import { InputError } from '../errors.ts';
-import { ZstdFramesDecompress } from './zstd-frames.ts';
+import { OUTPUT_CHUNK, ZstdFramesDecompress } from './zstd-frames.ts';
 
 export { CorruptStreamError, isCorruptStreamError } from './errors.ts';
 
@@ -27,9 +27,6 @@ export const LEVELS: Readonly<Record<Exclude<Compression, 'none'>, LevelRange>> 
   gzip: { min: 1, max: 9, default: 6 },
   zstd: { min: 1, max: 19, default: 3 },
 };
-
-/** Output buffer of the codecs: larger than zlib's 16 KiB default, so far fewer chunks flow through each stream. */
-export const OUTPUT_CHUNK = 256 * 1024;
 
 const EXTENSIONS: Readonly<Record<Compression, string>> = { gzip: '.gz', zstd: '.zst', none: '' };
 

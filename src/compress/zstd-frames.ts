@@ -9,7 +9,9 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import zlib from 'node:zlib';
 import { CorruptStreamError } from './errors.ts';
-import { OUTPUT_CHUNK } from './index.ts';
+
+/** Output buffer of the codecs: larger than zlib's 16 KiB default, so far fewer chunks flow through each stream. */
+export const OUTPUT_CHUNK = 256 * 1024;
 
 const ZSTD_MAGIC = 0xfd2fb528;
 /** Skippable frames use magics 0x184D2A50 to 0x184D2A5F. */
