@@ -6,7 +6,7 @@
  */
 import { InputError } from '../errors.ts';
 import type { Arch, ResolvedImage } from '../image/source.ts';
-import { compareTreePaths, displayPath, parentPath, type TreeEntry } from '../tree/entry.ts';
+import { displayPath, parentPath, sortByTreePath, type TreeEntry } from '../tree/entry.ts';
 
 /** Docker's PATH for images whose config sets none. */
 export const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -149,11 +149,10 @@ export function injectAgent(entries: readonly TreeEntry[], options: InjectOption
     addEntry(tree, record, options.image.reference);
     added.push(record);
   }
-  const rampacks = new Set(added);
-  const merged = [...tree.values()].sort((a, b) => compareTreePaths(a.path, b.path));
+  // `entries` is sorted, so the image's part keeps its order: no sort of the whole tree.
   return {
-    image: merged.filter((entry) => !rampacks.has(entry)),
-    added: merged.filter((entry) => rampacks.has(entry)),
+    image: entries.filter((entry) => tree.get(entry.path) === entry),
+    added: sortByTreePath(added),
     imageJson: settings,
     recordedXattrs,
   };

@@ -24,6 +24,7 @@ async function writeShard(job: ShardJob): Promise<ShardResult> {
   const archive = newcArchive(job.entries.map(revive), {
     clampMtime: job.clampMtime,
     presentDirectories: new Set(job.presentDirectories),
+    partialFiles: job.partialFiles,
   });
   await pipeline(archive, createCompressor(job.compression, job.level), createWriteStream(job.output));
   return { index: job.index, uncompressedBytes: archive.stats.bytes };

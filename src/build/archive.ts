@@ -8,36 +8,43 @@
  * - That part is cached under a key computed from everything written into it,
  *   so a rebuild with only a new agent reuses it and appends rampack's small
  *   archive (/init, /etc/rampack/...).
+ * - Shards are keyed the same way, so those written ahead of time from a
+ *   prediction of the tree (build/speculate.ts) are used when they match.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
-import { basename, extname, join } from 'node:path';
+import { constants } from 'node:fs';
+import { copyFile, readFile, stat, truncate } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
 import { createCompressor, fileExtension, type Compression } from '../compress/index.ts';
 import { newcArchive } from '../cpio/writer.ts';
 import { RampackError } from '../errors.ts';
 import { dataSize, type TreeEntry } from '../tree/entry.ts';
 import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
 import { TOOL_VERSION } from '../version.ts';
+import type { ShardWorkers } from './shard-workers.ts';
 
 export interface ArchiveSettings {
   compression: Compression;
   level?: number;
   /** SOURCE_DATE_EPOCH: later mtimes are lowered to it. */
   clampMtime?: number;
+  /** Uncompressed data per shard (default SHARD_BYTES; tests use small ones). */
+  shardBytes?: number;
 }
 
 /** What a worker is asked to write (see archive-worker.ts). */
 export interface ShardJob extends ArchiveSettings {
   index: number;
+  /** shardKeys' key: names the bytes the job writes. */
+  key: string;
   entries: TreeEntry[];
   /** Directories that earlier shards create. */
   presentDirectories: string[];
+  /** Layer tars still being written: final path -> partial path (see NewcOptions). */
+  partialFiles?: Map<string, string>;
   output: string;
 }
 
@@ -48,16 +55,16 @@ export type ShardResult =
 export interface ImageArchive {
   /** The cache key: it names everything written into this part. */
   key: string;
-  /** The compressed archives of the image's part, concatenated, in the cache. */
-  path: string;
-  uncompressedBytes: number;
+  /** The compressed archives of the image's part in order: the cached file, or each shard once written. */
+  parts: Promise<string>[];
+  uncompressedBytes: Promise<number>;
   /** Directories it creates, so rampack's archive may put files in them. */
   directories: ReadonlySet<string>;
   fromCache: boolean;
 }
 
 /** Uncompressed bytes per shard: large enough that restarting the codec costs nothing measurable. */
-const SHARD_BYTES = 64 * 1024 * 1024;
+export const SHARD_BYTES = 32 * 1024 * 1024;
 /** Bumped whenever the archive layout changes, so old cache entries are not reused. */
 const LAYOUT_VERSION = 1;
 
@@ -69,15 +76,34 @@ function dataIdentity(entry: TreeEntry): string {
   return `${basename(data.file)}:${data.offset}:${data.size}`;
 }
 
-/** A key over everything that goes into the image's part, and how it is written. */
-export function imageArchiveKey(entries: readonly TreeEntry[], settings: ArchiveSettings): string {
-  const hash = createHash('sha256');
-  hash.update(JSON.stringify([LAYOUT_VERSION, TOOL_VERSION, SHARD_BYTES, settings.compression, settings.level ?? null, settings.clampMtime ?? null]));
-  for (const e of entries) {
-    hash.update(JSON.stringify([e.path, e.type, e.mode, e.uid, e.gid, e.mtime, e.linkTarget ?? null, e.devMajor ?? null, e.devMinor ?? null, e.inode ?? null, dataIdentity(e)]));
-    hash.update('\n');
-  }
-  return hash.digest('hex');
+/** Group identity of an entry inside its shard: the index of its first hard link there, or -1. */
+function linkGroupRefs(entries: readonly TreeEntry[]): number[] {
+  const first = new Map<number, number>();
+  return entries.map((entry, index) => {
+    if (entry.inode === undefined) return -1;
+    if (!first.has(entry.inode)) first.set(entry.inode, index);
+    return first.get(entry.inode)!;
+  });
+}
+
+/**
+ * A key per shard over everything that goes into it and into the shards
+ * before it, and how they are written: equal keys mean equal bytes (inode
+ * numbers are assigned per shard, so only the shape of hard-link groups
+ * counts). The last key names the whole image part.
+ */
+export function shardKeys(shards: readonly (readonly TreeEntry[])[], settings: ArchiveSettings): string[] {
+  let previous = JSON.stringify([LAYOUT_VERSION, TOOL_VERSION, settings.compression, settings.level ?? null, settings.clampMtime ?? null]);
+  return shards.map((entries) => {
+    const hash = createHash('sha256').update(previous);
+    const groups = linkGroupRefs(entries);
+    entries.forEach((e, index) => {
+      hash.update(JSON.stringify([e.path, e.type, e.mode, e.uid, e.gid, e.mtime, e.linkTarget ?? null, e.devMajor ?? null, e.devMinor ?? null, groups[index], dataIdentity(e)]));
+      hash.update('\n');
+    });
+    previous = hash.digest('hex');
+    return previous;
+  });
 }
 
 /**
@@ -105,85 +131,103 @@ export function shardEntries(entries: readonly TreeEntry[], shardBytes = SHARD_B
   return shards;
 }
 
-function workerUrl(): URL {
-  // Sources run as .ts (tests, scripts), the published package as .js.
-  return new URL(`./archive-worker${extname(fileURLToPath(import.meta.url))}`, import.meta.url);
-}
-
-/** Runs the jobs on up to one worker per core; resolves when all are written. */
-async function runShardJobs(jobs: ShardJob[], onShardDone: (uncompressedBytes: number) => void): Promise<number> {
-  const queue = [...jobs];
-  let total = 0;
-  const runWorker = async () => {
-    const worker = new Worker(workerUrl());
-    try {
-      for (let job = queue.shift(); job; job = queue.shift()) {
-        worker.postMessage(job);
-        const result = await new Promise<ShardResult>((resolve, reject) => {
-          worker.once('message', resolve);
-          worker.once('error', reject);
-        });
-        if (result.error) {
-          queue.length = 0;
-          throw new RampackError(result.error.message, result.error.exitCode ?? 1, { hint: result.error.hint });
-        }
-        total += result.uncompressedBytes;
-        onShardDone(result.uncompressedBytes);
-      }
-    } finally {
-      await worker.terminate();
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(jobs.length, availableParallelism()) }, runWorker));
-  return total;
-}
-
-function directoriesOf(entries: readonly TreeEntry[]): string[] {
+export function directoriesOf(entries: readonly TreeEntry[]): string[] {
   return entries.filter((entry) => entry.type === 'dir').map((entry) => entry.path);
 }
 
-async function concatenate(parts: readonly string[], output: string): Promise<void> {
-  for (const [index, part] of parts.entries()) {
-    await pipeline(createReadStream(part), createWriteStream(output, { flags: index === 0 ? 'w' : 'a' }));
+/** One job per shard, each told which directories the shards before it create. */
+export async function shardJobs(
+  shards: readonly TreeEntry[][],
+  keys: readonly string[],
+  settings: ArchiveSettings,
+  workers: ShardWorkers,
+): Promise<ShardJob[]> {
+  const present: string[] = [];
+  const jobs: ShardJob[] = [];
+  for (const [index, shard] of shards.entries()) {
+    const output = await workers.outputPath(`${keys[index]}${fileExtension(settings.compression)}`);
+    jobs.push({ ...settings, index, key: keys[index]!, entries: shard, presentDirectories: [...present], output });
+    present.push(...directoriesOf(shard));
   }
+  return jobs;
+}
+
+/** A shard job's result, turned into an error for the user when it failed. */
+async function shardOutcome(result: Promise<ShardResult>): Promise<number> {
+  const outcome = await result;
+  if (outcome.error) throw new RampackError(outcome.error.message, outcome.error.exitCode ?? 1, { hint: outcome.error.hint });
+  return outcome.uncompressedBytes;
+}
+
+/** Shards already written or being written ahead of time (build/speculate.ts). */
+export interface EarlyShards {
+  /** Stops writing ahead: only shards with these keys are still wanted. */
+  finish(needed: ReadonlySet<string>): void;
+  /** The result of the shard with this key, if one was started. */
+  take(key: string): Promise<ShardResult> | undefined;
+}
+
+/** A shard's uncompressed size: written early when it was, else now; an early failure is written again so a real error comes from the final tree. */
+async function writeShard(job: ShardJob, workers: ShardWorkers, early?: EarlyShards): Promise<number> {
+  const written = await early?.take(job.key);
+  return shardOutcome(written && !written.error ? Promise.resolve(written) : workers.run(job));
 }
 
 /**
  * The image's part of the initramfs, from the cache when the same tree was
- * written the same way before, else written in parallel shards and cached.
+ * written the same way before, else written in parallel shards (reusing those
+ * `early` already has) and cached.
  */
 export async function imageArchive(
   entries: readonly TreeEntry[],
   settings: ArchiveSettings,
   cacheDir: string,
+  workers: ShardWorkers,
   onProgress: (uncompressedBytes: number) => void,
+  early?: EarlyShards,
 ): Promise<ImageArchive> {
-  const key = imageArchiveKey(entries, settings);
-  const path = join(cacheDir, 'rootfs', `${key}.cpio${fileExtension(settings.compression)}`);
-  const metaPath = `${path}.json`;
+  const shards = shardEntries(entries, settings.shardBytes);
+  const keys = shardKeys(shards, settings);
+  const key = keys.at(-1)!;
+  const path = imagePartCachePath(cacheDir, key, settings);
   const directories = new Set(directoriesOf(entries));
-  const cached = await readFile(metaPath, 'utf8').then((text) => JSON.parse(text) as { uncompressedBytes: number; size: number }, () => undefined);
+  const cached = await readFile(`${path}.json`, 'utf8').then((text) => JSON.parse(text) as { uncompressedBytes: number; size: number }, () => undefined);
   if (cached && (await stat(path).then((info) => info.size, () => -1)) === cached.size) {
+    early?.finish(new Set());
     onProgress(cached.uncompressedBytes);
-    return { key, path, uncompressedBytes: cached.uncompressedBytes, directories, fromCache: true };
+    return { key, parts: [Promise.resolve(path)], uncompressedBytes: Promise.resolve(cached.uncompressedBytes), directories, fromCache: true };
   }
-  const work = await mkdtemp(join(cacheDir, '.shards-'));
-  try {
-    const shards = shardEntries(entries);
-    const present: string[] = [];
-    const jobs = shards.map((shard, index): ShardJob => {
-      const job = { ...settings, index, entries: shard, presentDirectories: [...present], output: join(work, `${index}`) };
-      present.push(...directoriesOf(shard));
-      return job;
-    });
-    let done = 0;
-    const uncompressedBytes = await runShardJobs(jobs, (bytes) => onProgress((done += bytes)));
-    await writeAtomically(path, (temporary) => concatenate(jobs.map((job) => job.output), temporary));
-    await writeFileAtomically(metaPath, JSON.stringify({ uncompressedBytes, size: (await stat(path)).size }));
-    return { key, path, uncompressedBytes, directories, fromCache: false };
-  } finally {
-    await rm(work, { recursive: true, force: true });
-  }
+  early?.finish(new Set(keys));
+  const jobs = await shardJobs(shards, keys, settings, workers);
+  let done = 0;
+  const written = jobs.map(async (job) => {
+    const bytes = await writeShard(job, workers, early);
+    onProgress((done += bytes));
+    return bytes;
+  });
+  const parts = written.map((bytes, index) => bytes.then(() => jobs[index]!.output));
+  // Awaited by writeInitramfs part by part; a failure must not count as unhandled before that.
+  for (const part of parts) part.catch(() => {});
+  const uncompressedBytes = Promise.all(written).then((sizes) => sizes.reduce((sum, bytes) => sum + bytes, 0));
+  uncompressedBytes.catch(() => {});
+  return { key, parts, uncompressedBytes, directories, fromCache: false };
+}
+
+function imagePartCachePath(cacheDir: string, key: string, settings: ArchiveSettings): string {
+  return join(cacheDir, 'rootfs', `${key}.cpio${fileExtension(settings.compression)}`);
+}
+
+/**
+ * Caches the image's part from the output that starts with it: a kernel-side
+ * copy (a reflink where the filesystem has them) cut to the part's size.
+ */
+async function cacheImagePart(output: string, size: number, base: ImageArchive, settings: ArchiveSettings, cacheDir: string): Promise<void> {
+  const path = imagePartCachePath(cacheDir, base.key, settings);
+  await writeAtomically(path, async (temporary) => {
+    await copyFile(output, temporary, constants.COPYFILE_FICLONE);
+    await truncate(temporary, size);
+  });
+  await writeFileAtomically(`${path}.json`, JSON.stringify({ uncompressedBytes: await base.uncompressedBytes, size }));
 }
 
 /** Counts and hashes the bytes that flow through. */
@@ -249,13 +293,17 @@ export async function writeInitramfs(
   const recordPath = outputRecordPath(cacheDir, path);
   const previous = await unchangedOutput(recordPath, path, base.key, addedSha256);
   if (previous) return { ...previous, unchanged: true };
+  const measure = new Measure();
+  let baseSize = 0;
   async function* chunks() {
-    yield* createReadStream(base.path);
+    // Each shard goes out as soon as it and those before it are written.
+    for (const part of base.parts) yield* createReadStream(await part);
+    baseSize = measure.bytes;
     yield addedArchive;
   }
-  const measure = new Measure();
   await writeAtomically(path, (temporary) => pipeline(Readable.from(chunks()), measure, createWriteStream(temporary)));
-  const result = { sha256: measure.digestHex(), size: measure.bytes, uncompressedBytes: base.uncompressedBytes + overlay.stats.bytes };
+  if (!base.fromCache) await cacheImagePart(path, baseSize, base, settings, cacheDir);
+  const result = { sha256: measure.digestHex(), size: measure.bytes, uncompressedBytes: (await base.uncompressedBytes) + overlay.stats.bytes };
   const written = await stat(path);
   const record: OutputRecord = { baseKey: base.key, addedSha256, size: written.size, mtimeMs: written.mtimeMs, ino: written.ino, result };
   await writeFileAtomically(recordPath, JSON.stringify(record));

@@ -2,26 +2,30 @@
  * One build: image reference + agent -> compressed initramfs file. Stages:
  * resolve -> fetch blobs -> unpack layers (cached) -> flatten -> inject agent
  * -> the image's part as parallel compressed newc shards (cached) + rampack's
- * archive -> file (temp name, renamed). See archive.ts.
+ * archive -> file (temp name, renamed). See archive.ts. Shards are written
+ * ahead from a prediction while layers unpack (speculate.ts).
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { checkAgentBinary } from '../agent/elf.ts';
-import { injectAgent, type DroppedXattr } from '../agent/inject.ts';
+import { injectAgent, type DroppedXattr, type InjectedTree } from '../agent/inject.ts';
 import { fileExtension } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
 import { resolveImage } from '../image/resolve.ts';
 import type { ContentStore, ResolvedImage } from '../image/source.ts';
-import { flattenLayers } from '../layers/flatten.ts';
-import { unpackImageLayers, type UnpackedLayer } from '../layers/unpack.ts';
+import type { Descriptor } from '../image/types.ts';
+import { flattenLayers, type FlattenResult } from '../layers/flatten.ts';
+import { unpackImageLayers, type LayerProgress, type UnpackedLayer } from '../layers/unpack.ts';
 import type { ManifestImage } from '../manifest/manifest.ts';
 import type { BuildTarget } from '../recipe/recipe.ts';
 import { applyTreeOptions } from '../recipe/tree-options.ts';
 import { dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
 import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
-import { formatBytes, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
-import { imageArchive, writeInitramfs } from './archive.ts';
+import { formatBytes, silentLogger, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
+import { imageArchive, writeInitramfs, type ImageArchive, type WrittenInitramfs } from './archive.ts';
+import { ShardWorkers } from './shard-workers.ts';
+import { ShardSpeculator } from './speculate.ts';
 import { openContentStore, type SourceOptions } from './source.ts';
 
 export interface BuildOptions extends SourceOptions {
@@ -32,6 +36,8 @@ export interface BuildOptions extends SourceOptions {
   reporter?: BuildReporter;
   /** SOURCE_DATE_EPOCH: newer mtimes are clamped to it, and added files get it. */
   sourceDateEpoch?: number;
+  /** Uncompressed data per shard of the image part (default archive.ts SHARD_BYTES). */
+  shardBytes?: number;
 }
 
 async function readAgent(target: BuildTarget): Promise<Buffer> {
@@ -77,6 +83,7 @@ async function pullAndUnpack(
   count: PullCount,
   options: BuildOptions,
   reporter: BuildReporter,
+  speculator: ShardSpeculator,
 ): Promise<UnpackedLayer[]> {
   reporter.start('pull');
   const blobPaths = image.layers.map((descriptor) => store.blobPath(descriptor));
@@ -88,11 +95,48 @@ async function pullAndUnpack(
   );
   reporter.start('flatten');
   let entries = 0;
-  return unpackImageLayers(image.layers, image.config.rootfs.diff_ids, (_descriptor, index) => blobPaths[index]!, options.cacheDir, (layer, index) => {
+  const onUnpacked = (layer: UnpackedLayer, index: number) => {
     options.log.debug(`layer ${index + 1}/${image.layers.length} ${layer.diffId}: ${layer.entries.length} entries`);
     entries += layer.entries.length;
     reporter.progress('flatten', { done: entries, unit: 'entries' });
-  });
+    speculator.layerDone(index, layer);
+  };
+  const blobPath = (_descriptor: Descriptor, index: number) => blobPaths[index]!;
+  const onProgress = (progress: LayerProgress, index: number) => speculator.layerProgress(index, progress);
+  return unpackImageLayers(image.layers, image.config.rootfs.diff_ids, blobPath, options.cacheDir, onUnpacked, onProgress);
+}
+
+/** What the build writes for a target, from the image's layers: the flattened tree with the recipe's options and rampack's files applied. */
+interface ComposedTree {
+  flat: FlattenResult;
+  injected: InjectedTree;
+}
+
+type ComposeTree = (layers: UnpackedLayer[], log: Logger) => Promise<ComposedTree>;
+
+function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, agentSha256: string, mtime: number, label: string): ComposeTree {
+  return async (layers, log) => {
+    const flat = flattenLayers(layers);
+    const tree = await applyTreeOptions(flat.entries, target, { mtime, log, label });
+    const injected = injectAgent(tree, {
+      image,
+      language: target.language,
+      version: target.version,
+      arch: target.arch,
+      agent,
+      agentSha256,
+      extraEnv: target.env,
+      droppedXattrs: flat.droppedXattrs,
+      mtime,
+    });
+    return { flat, injected };
+  };
+}
+
+function reportTree({ flat, injected }: ComposedTree, log: Logger, reporter: BuildReporter, label: string): void {
+  for (const warning of flat.warnings) log.warn(`${label}: ${warning}`);
+  warnDroppedXattrs(injected.recordedXattrs, log, label);
+  reporter.end('flatten', `${injected.image.length + injected.added.length} entries`);
 }
 
 /** File sizes of a tree, each hard-link group counted once (the kernel stores its data once). */
@@ -135,31 +179,29 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   reporter.end('resolve', `${image.manifestDigest} (${image.layers.length} layers)`);
   options.log.info(`${label}: ${image.reference} -> ${image.manifestDigest} (${image.layers.length} layers)`);
 
-  const flat = flattenLayers(await pullAndUnpack(image, store, pull, options, reporter));
-  for (const warning of flat.warnings) options.log.warn(`${label}: ${warning}`);
-  const mtime = addedFilesMtime(image, options.sourceDateEpoch);
-  const tree = await applyTreeOptions(flat.entries, target, { mtime, log: options.log, label });
-  const injected = injectAgent(tree, {
-    image,
-    language: target.language,
-    version: target.version,
-    arch: target.arch,
-    agent,
-    agentSha256,
-    extraEnv: target.env,
-    droppedXattrs: flat.droppedXattrs,
-    mtime,
-  });
-  const entries = [...injected.image, ...injected.added];
-  warnDroppedXattrs(injected.recordedXattrs, options.log, label);
-  reporter.end('flatten', `${entries.length} entries`);
-
   const file = outputFileName(target);
-  reporter.start('compress');
-  const settings = { compression: target.compression, level: target.level, clampMtime: options.sourceDateEpoch };
-  const report = (bytes: number) => reporter.progress('compress', { done: bytes, unit: 'bytes' });
-  const base = await imageArchive(injected.image, settings, options.cacheDir, report);
-  const written = await writeInitramfs(join(options.outDir, file), base, injected.added, settings, options.cacheDir);
+  const mtime = addedFilesMtime(image, options.sourceDateEpoch);
+  const compose = treeComposer(target, image, agent, agentSha256, mtime, label);
+  const settings = { compression: target.compression, level: target.level, clampMtime: options.sourceDateEpoch, shardBytes: options.shardBytes };
+  const workers = new ShardWorkers(options.cacheDir);
+  let composed: ComposedTree;
+  let base: ImageArchive;
+  let written: WrittenInitramfs;
+  try {
+    const predict = async (layers: UnpackedLayer[]) => (await compose(layers, silentLogger)).injected.image;
+    const speculator = new ShardSpeculator(workers, predict, settings, image.layers.length);
+    composed = await compose(await pullAndUnpack(image, store, pull, options, reporter, speculator), options.log);
+    reportTree(composed, options.log, reporter, label);
+    reporter.start('compress');
+    const report = (bytes: number) => reporter.progress('compress', { done: bytes, unit: 'bytes' });
+    base = await imageArchive(composed.injected.image, settings, options.cacheDir, workers, report, speculator);
+    if (speculator.stats.written > 0) options.log.debug(`${label}: ${speculator.stats.used} of the ${speculator.stats.written} shards written ahead were used`);
+    written = await writeInitramfs(join(options.outDir, file), base, composed.injected.added, settings, options.cacheDir);
+  } finally {
+    await workers.close();
+  }
+  const { injected } = composed;
+  const entries = [...injected.image, ...injected.added];
   const ratio = (written.uncompressedBytes / Math.max(1, written.size)).toFixed(1);
   const reused = written.unchanged ? ', file unchanged' : base.fromCache ? ', image part from cache' : '';
   reporter.end('compress', `${formatBytes(written.uncompressedBytes)} -> ${formatBytes(written.size)} (${target.compression}, ${ratio}x${reused})`);

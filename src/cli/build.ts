@@ -5,6 +5,7 @@ import { buildTarget, type BuildOptions } from '../build/build.ts';
 import { isLocalSource } from '../build/source.ts';
 import { COMPRESSIONS, type Compression } from '../compress/index.ts';
 import { UsageError } from '../errors.ts';
+import { parseByteSize } from '../inspect/size.ts';
 import { parseImageReference } from '../image/reference.ts';
 import { ARCHES, type Arch } from '../image/source.ts';
 import { fragmentPath, MANIFEST_FILE, mergeImages, readManifest, writeFragment, writeManifest, type ManifestImage } from '../manifest/manifest.ts';
@@ -22,6 +23,7 @@ interface BuildFlags {
   arch?: Arch;
   compression?: Compression;
   level?: number;
+  shardSize?: number;
   language?: string;
   version?: string;
   env: string[];
@@ -44,6 +46,15 @@ const HOST_ARCH: Arch = process.arch === 'arm64' ? 'aarch64' : 'x86_64';
 function parseLevel(text: string): number {
   if (!/^\d+$/.test(text)) throw new UsageError(`--level must be a whole number, not "${text}"`);
   return Number(text);
+}
+
+/** Below this, per-shard overhead (a worker round trip, a codec restart) outweighs the parallelism. */
+const MIN_SHARD_BYTES = 64 * 1024;
+
+function parseShardSize(text: string): number {
+  const bytes = parseByteSize(text, '--shard-size');
+  if (bytes < MIN_SHARD_BYTES) throw new UsageError(`--shard-size must be at least 64KiB, not ${text}`);
+  return bytes;
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -117,6 +128,7 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
     cacheDir: resolve(flags.cache ?? defaultCacheDir()),
     log,
     sourceDateEpoch,
+    shardBytes: flags.shardSize,
     username: flags.username,
     password: flags.passwordStdin ? await readPassword() : undefined,
     caFile: flags.caFile && resolve(flags.caFile),
@@ -156,6 +168,7 @@ export function buildCommand(): Command {
     .addOption(new Option('--arch <arch>', 'architecture to build (with recipes: only this one)').choices(ARCHES))
     .addOption(new Option('--compression <codec>', 'initramfs compression').choices(COMPRESSIONS.filter((c) => c !== 'none')))
     .option('--level <n>', 'compression level (gzip 1-9, zstd 1-19)', parseLevel)
+    .option('--shard-size <size>', 'uncompressed data per compressed shard of the image part, e.g. 8MiB (default 32MiB); each shard is compressed on its own core', parseShardSize)
     .option('--language <name>', 'language name for the manifest (with --image)')
     .option('--version <v>', 'version for the manifest (with --image); with recipes: only this version')
     .option('--env <KEY=VALUE>', 'add or override an environment variable (repeatable)', collect, [])

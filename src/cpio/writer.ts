@@ -18,6 +18,12 @@ export interface NewcOptions {
    * entries may sit in them without repeating them here.
    */
   presentDirectories?: ReadonlySet<string>;
+  /**
+   * Files to read instead of the ones data ranges name, while those are still
+   * being written under a temporary name that is renamed into place when done:
+   * if the temporary name is gone, the named file is read.
+   */
+  partialFiles?: ReadonlyMap<string, string>;
 }
 
 export interface ArchiveStats {
@@ -64,7 +70,7 @@ interface LinkGroup {
 export function newcArchive(entries: Iterable<TreeEntry>, options: NewcOptions = {}): NewcStream {
   const records = planArchive([...entries], options);
   const stats: ArchiveStats = { entries: 0, bytes: 0 };
-  return Object.assign(Readable.from(archiveChunks(records, stats), { objectMode: false }), { stats });
+  return Object.assign(Readable.from(archiveChunks(records, stats, options.partialFiles), { objectMode: false }), { stats });
 }
 
 function planArchive(entries: TreeEntry[], options: NewcOptions): PlannedRecord[] {
@@ -179,8 +185,8 @@ function archiveMtime(entry: TreeEntry, clampMtime: number | undefined): number 
   return seconds;
 }
 
-async function* archiveChunks(records: readonly PlannedRecord[], stats: ArchiveStats): AsyncGenerator<Buffer> {
-  const ranges = new RangeReader();
+async function* archiveChunks(records: readonly PlannedRecord[], stats: ArchiveStats, partialFiles?: ReadonlyMap<string, string>): AsyncGenerator<Buffer> {
+  const ranges = new RangeReader(partialFiles);
   const batcher = new ChunkBatcher(BATCH_BYTES);
   const emit = (chunk: Buffer): Buffer[] => {
     stats.bytes += chunk.length;
@@ -229,6 +235,11 @@ const TRAILER_HEADER: Header = {
 class RangeReader {
   #file?: string;
   #descriptor?: number;
+  readonly #partialFiles?: ReadonlyMap<string, string>;
+
+  constructor(partialFiles?: ReadonlyMap<string, string>) {
+    this.#partialFiles = partialFiles;
+  }
 
   *read(range: FileRange, entryPath: string): Generator<Buffer> {
     const descriptor = this.#open(range.file);
@@ -255,10 +266,22 @@ class RangeReader {
   #open(file: string): number {
     if (this.#file !== file || this.#descriptor === undefined) {
       this.close();
-      this.#descriptor = openSync(file, 'r');
+      this.#descriptor = this.#openPartial(file) ?? openSync(file, 'r');
       this.#file = file;
     }
     return this.#descriptor;
+  }
+
+  /** The file's partial copy, unless there is none or it was renamed into place meanwhile. */
+  #openPartial(file: string): number | undefined {
+    const partial = this.#partialFiles?.get(file);
+    if (partial === undefined) return undefined;
+    try {
+      return openSync(partial, 'r');
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw error;
+    }
   }
 }
 

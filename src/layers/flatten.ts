@@ -28,7 +28,7 @@
  *   Linux always reports for them. uid/gid are numeric; mtime whole seconds.
  */
 import { InputError } from '../errors.ts';
-import { compareTreePaths, displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
+import { displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import type { LayerEntry } from './tar-index.ts';
 import type { UnpackedLayer } from './unpack.ts';
 
@@ -100,8 +100,9 @@ class TreeBuilder {
 
   result(): FlattenResult {
     const entries: TreeEntry[] = [];
+    // Children by name, depth first: the walk order of compareTreePaths.
     const collect = (directory: Node, prefix: string): void => {
-      for (const [name, node] of directory.children!) {
+      for (const [name, node] of [...directory.children!].sort(([a], [b]) => (a < b ? -1 : 1))) {
         const path = prefix === '' ? name : `${prefix}/${name}`;
         const { children, ...fields } = node;
         entries.push({ path, ...fields });
@@ -109,7 +110,6 @@ class TreeBuilder {
       }
     };
     collect(this.root, '');
-    entries.sort((a, b) => compareTreePaths(a.path, b.path));
     const droppedXattrs = entries.flatMap(({ path, xattrs }) =>
       Object.entries(xattrs ?? {}).map(([name, value]) => ({ path, name, value })),
     );

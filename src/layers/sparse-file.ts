@@ -15,10 +15,13 @@ export class SparseFileWriter extends Writable {
   #handle?: FileHandle;
   /** Bytes of the stream seen so far: where the next chunk goes in the file. */
   #position = 0;
+  readonly #onReadable?: (bytes: number) => void;
 
-  constructor(path: string) {
+  /** `onReadable` hears how many leading bytes of the file can be read back (holes read as zeros). */
+  constructor(path: string, onReadable?: (bytes: number) => void) {
     super();
     this.#path = path;
+    this.#onReadable = onReadable;
   }
 
   override _construct(callback: (error?: Error | null) => void): void {
@@ -37,7 +40,10 @@ export class SparseFileWriter extends Writable {
 
   override _final(callback: (error?: Error | null) => void): void {
     // Trailing holes need the size set explicitly; then the file is complete.
-    this.#handle!.truncate(this.#position).then(() => callback(), callback);
+    this.#handle!.truncate(this.#position).then(() => {
+      this.#onReadable?.(this.#position);
+      callback();
+    }, callback);
   }
 
   override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
@@ -57,6 +63,8 @@ export class SparseFileWriter extends Writable {
       dataStart = at + HOLE_UNIT;
     }
     await this.#writeRange(chunk, dataStart, chunk.length);
+    // A trailing zero run is not in the file yet: a read there would come up short.
+    if (dataStart < chunk.length) this.#onReadable?.(this.#position + chunk.length);
     this.#position += chunk.length;
   }
 

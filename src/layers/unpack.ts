@@ -24,7 +24,7 @@ export interface UnpackedLayer {
   diffId: string;
   /** Absolute path of the uncompressed tar in the layer cache. */
   tarPath: string;
-  entries: LayerEntry[];
+  entries: readonly LayerEntry[];
 }
 
 export interface UnpackLayerOptions {
@@ -33,6 +33,26 @@ export interface UnpackLayerOptions {
   descriptor: Descriptor;
   diffId: string;
   cacheDir: string;
+  /** Hears of each step of an unpack that is not served from the cache. */
+  onProgress?: (progress: LayerProgress) => void;
+}
+
+/**
+ * A layer while it unpacks, for work that starts before it is done
+ * (build/speculate.ts): what is indexed so far and how much of the tar can be
+ * read back. Both only grow.
+ */
+export interface LayerProgress {
+  /** Entries indexed so far, in tar order (the indexer's own, growing array). */
+  readonly entries: readonly LayerEntry[];
+  /** Where the tar will be once complete (what entries' data ranges name). */
+  readonly tarPath: string;
+  /** Where the tar is written until then; it is renamed to `tarPath` at the end. */
+  readonly partialPath: string;
+  /** Leading bytes of the tar that can be read back. */
+  readableBytes: number;
+  /** No more entries will come (the tar may still be renamed later). */
+  indexed: boolean;
 }
 
 /** Bumped whenever the index layout changes, so old cache files are redone. */
@@ -54,7 +74,7 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<Unpacked
   const indexPath = `${base}.json`;
   const cached = await readCachedIndex(tarPath, indexPath, diffId);
   if (cached !== undefined) return { diffId, tarPath, entries: cached };
-  const { entries, tarSize } = await writeAtomically(tarPath, (temporary) => decompressAndIndex(options, temporary));
+  const { entries, tarSize } = await writeAtomically(tarPath, (temporary) => decompressAndIndex(options, tarPath, temporary));
   await writeFileAtomically(indexPath, JSON.stringify(storedIndex(diffId, tarSize, entries)));
   return { diffId, tarPath, entries };
 }
@@ -75,7 +95,7 @@ async function readCachedIndex(tarPath: string, indexPath: string, diffId: strin
   );
 }
 
-function storedIndex(diffId: string, tarSize: number, entries: LayerEntry[]): StoredIndex {
+function storedIndex(diffId: string, tarSize: number, entries: readonly LayerEntry[]): StoredIndex {
   return {
     format: INDEX_FORMAT,
     diffId,
@@ -92,7 +112,8 @@ function mapValues<A, B>(record: Record<string, A>, map: (value: A) => B): Recor
 
 /** One pass over the blob: hash, decompress, hash, index, write to `temporary`. */
 async function decompressAndIndex(
-  { blobPath, descriptor, diffId }: UnpackLayerOptions,
+  { blobPath, descriptor, diffId, onProgress }: UnpackLayerOptions,
+  tarPath: string,
   temporary: string,
 ): Promise<{ entries: LayerEntry[]; tarSize: number }> {
   const layer = `layer ${descriptor.digest}`;
@@ -101,6 +122,11 @@ async function decompressAndIndex(
   const compressed = new DigestingStream();
   const uncompressed = new DigestingStream();
   const indexer = new TarIndexer(layer);
+  const progress: LayerProgress = { entries: indexer.entries, tarPath, partialPath: temporary, readableBytes: 0, indexed: false };
+  const onReadable = (bytes: number) => {
+    progress.readableBytes = bytes;
+    onProgress?.(progress);
+  };
   try {
     await pipeline([
       createReadStream(blobPath),
@@ -108,7 +134,7 @@ async function decompressAndIndex(
       createDecompressor(encoding),
       uncompressed,
       tarIndexStream(indexer),
-      new SparseFileWriter(temporary),
+      new SparseFileWriter(temporary, onProgress && onReadable),
     ]);
   } catch (error) {
     // A damaged blob fails to decompress or parse; its digest is the clearer report.
@@ -126,6 +152,8 @@ async function decompressAndIndex(
       { hint: 'the image config does not match its layers; rebuild or re-push the image' },
     );
   }
+  progress.indexed = true;
+  onProgress?.(progress);
   return { entries: indexer.entries, tarSize: uncompressed.size };
 }
 
@@ -200,9 +228,16 @@ export function unpackImageLayers(
   blobPath: (descriptor: Descriptor, index: number) => Promise<string>,
   cacheDir: string,
   onUnpacked: (layer: UnpackedLayer, index: number) => void = () => {},
+  onProgress?: (progress: LayerProgress, index: number) => void,
 ): Promise<UnpackedLayer[]> {
   return mapConcurrent(layers, LAYER_CONCURRENCY, async (descriptor, index) => {
-    const layer = await unpackLayer({ blobPath: await blobPath(descriptor, index), descriptor, diffId: diffIds[index]!, cacheDir });
+    const layer = await unpackLayer({
+      blobPath: await blobPath(descriptor, index),
+      descriptor,
+      diffId: diffIds[index]!,
+      cacheDir,
+      onProgress: onProgress && ((progress) => onProgress(progress, index)),
+    });
     onUnpacked(layer, index);
     return layer;
   });

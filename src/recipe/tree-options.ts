@@ -5,7 +5,7 @@
  */
 import { readFile, stat } from 'node:fs/promises';
 import { InputError } from '../errors.ts';
-import { bytePath, compareTreePaths, dataSize, displayPath, parentPath, type TreeEntry } from '../tree/entry.ts';
+import { bytePath, dataSize, displayPath, parentPath, sortByTreePath, type TreeEntry } from '../tree/entry.ts';
 import type { Logger } from '../util/log.ts';
 import type { BuildTarget, ExtraFile } from './recipe.ts';
 
@@ -95,7 +95,7 @@ export async function addFiles(entries: readonly TreeEntry[], files: readonly Ex
     const data = await readExtraFile(file, origin);
     tree.set(path, { path, type: 'file', mode: file.mode, uid: file.uid, gid: file.gid, mtime, data });
   }
-  return [...tree.values()].sort((a, b) => compareTreePaths(a.path, b.path));
+  return sortByTreePath(tree.values());
 }
 
 /** Applies a target's drop and files options to a flattened tree, logging what drop saved. */

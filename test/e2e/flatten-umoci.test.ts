@@ -414,6 +414,8 @@ describe('booted on Debian’s kernel', () => {
     const result = await runRampack([
       'build', '--image', `oci:${layout}:test`, '--agent', agent, '--arch', 'x86_64', '--language', 'faithful',
       '--version', name, '--out', out, '--cache', join(workDir, 'cache'), '--compression', 'gzip',
+      // Small shards: the tree is cut into several archives, as large images are.
+      '--shard-size', '64KiB',
     ]);
     expect(result.code, result.stderr).toBe(0);
     const boot = await bootInitramfs({

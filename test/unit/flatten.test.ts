@@ -228,7 +228,7 @@ describe('flattenLayers: parents', () => {
     );
   });
 
-  it('sorts bytewise with every parent before its children', async () => {
+  it('sorts in walk order (a directory, its subtree, then its next sibling), every parent before its children', async () => {
     const result = await flatten([file('a-b', '1'), file('a/b', '2'), file('a.b', '3'), file('Z/\xe9', '4'), file('a/b0/c', '5')]);
     const sorted = paths(result);
     expect(sorted).toEqual([...sorted].sort(compareTreePaths));
@@ -236,7 +236,7 @@ describe('flattenLayers: parents', () => {
       const parent = parentPath(path);
       if (parent !== '') expect(sorted.indexOf(parent)).toBeLessThan(index);
     }
-    expect(sorted).toEqual(['Z', 'Z/\xc3\xa9', 'a', 'a-b', 'a.b', 'a/b', 'a/b0', 'a/b0/c']);
+    expect(sorted).toEqual(['Z', 'Z/\xc3\xa9', 'a', 'a/b', 'a/b0', 'a/b0/c', 'a-b', 'a.b']);
   });
 });
 

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.ts';
 import { addFiles, dropPaths, globToRegExp } from '../../src/recipe/tree-options.ts';
-import type { TreeEntry } from '../../src/tree/entry.ts';
+import { compareTreePaths, type TreeEntry } from '../../src/tree/entry.ts';
 
 const dir = (path: string): TreeEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1 });
 const file = (path: string, size: number, inode?: number): TreeEntry => ({ path, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, data: Buffer.alloc(size), inode });
@@ -71,7 +71,7 @@ describe('addFiles', () => {
     expect(byPath.get('opt/app/bin/run')).toMatchObject({ type: 'file', mode: 0o750, uid: 1000, gid: 100, mtime: 42, data: Buffer.from('#!/bin/sh\n') });
     expect(byPath.get('usr/bin/tool')).toMatchObject({ mode: 0o755, data: Buffer.from('#!/bin/sh\n') });
     expect(byPath.get('usr/bin/tool')!.inode).toBeUndefined();
-    expect(entries.map((e) => e.path)).toEqual([...entries.map((e) => e.path)].sort());
+    expect(entries.map((e) => e.path)).toEqual([...entries.map((e) => e.path)].sort(compareTreePaths));
   });
 
   it('refuses a missing source, a directory destination and a file parent', async () => {

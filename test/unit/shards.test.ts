@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { imageArchiveKey, shardEntries } from '../../src/build/archive.ts';
+import { shardEntries, shardKeys } from '../../src/build/archive.ts';
 import type { TreeEntry } from '../../src/tree/entry.ts';
 
 const file = (path: string, size: number, inode?: number): TreeEntry => ({
@@ -28,8 +28,9 @@ describe('sharding the image part', () => {
   });
 });
 
-describe('the image part cache key', () => {
+describe('shard keys', () => {
   const settings = { compression: 'gzip' as const };
+  const imageArchiveKey = (entries: TreeEntry[], archiveSettings: Parameters<typeof shardKeys>[1]) => shardKeys([entries], archiveSettings)[0];
   const base = [file('a', 10), file('b', 20)];
 
   it('is stable, and independent of where the cache lives', () => {
@@ -48,5 +49,18 @@ describe('the image part cache key', () => {
       imageArchiveKey(base, { compression: 'gzip', clampMtime: 0 }),
     ];
     expect(new Set([key, ...others]).size).toBe(others.length + 1);
+  });
+
+  it('cover the shards before them, so a key names the whole prefix', () => {
+    const [first, second] = shardKeys([[base[0]!], [base[1]!]], settings);
+    const [, secondAfterChange] = shardKeys([[{ ...base[0]!, mtime: 2 }], [base[1]!]], settings);
+    expect(first).not.toBe(second);
+    expect(secondAfterChange).not.toBe(second);
+  });
+
+  it('see the shape of hard-link groups, not the inode numbers', () => {
+    const linked = (inode: number) => [file('a', 10, inode), file('b', 0, inode), file('c', 5, inode + 1)];
+    expect(imageArchiveKey(linked(1), settings)).toBe(imageArchiveKey(linked(40), settings));
+    expect(imageArchiveKey(linked(1), settings)).not.toBe(imageArchiveKey([file('a', 10, 1), file('b', 0, 2), file('c', 5, 3)], settings));
   });
 });

@@ -1,0 +1,118 @@
+/**
+ * Shards written ahead while layers unpack (src/build/speculate.ts): real
+ * layers unpacked into a real cache, real worker threads. Whatever the
+ * prediction, the image part must be byte for byte what it is without one.
+ */
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { imageArchive, type ArchiveSettings, type ImageArchive } from '../../src/build/archive.ts';
+import { ShardWorkers } from '../../src/build/shard-workers.ts';
+import { ShardSpeculator } from '../../src/build/speculate.ts';
+import { flattenLayers } from '../../src/layers/flatten.ts';
+import { unpackLayer, type UnpackedLayer } from '../../src/layers/unpack.ts';
+import { compareTreePaths } from '../../src/tree/entry.ts';
+import { sha256Digest } from '../../src/util/digest.ts';
+import { tarBytes, type TarEntrySpec } from '../helpers/oci-builder.ts';
+
+let workDir: string;
+const settings: ArchiveSettings = { compression: 'zstd', shardBytes: 64 * 1024 };
+
+beforeAll(async () => {
+  workDir = await mkdtemp(join(tmpdir(), 'rampack-speculate-'));
+});
+
+afterAll(async () => {
+  await rm(workDir, { recursive: true, force: true });
+});
+
+/** Compressible but not trivial data, different for every seed. */
+function content(seed: number, size: number): Buffer {
+  const words = ['alpha', 'beta', 'gamma', 'delta', 'lambda', 'omega', '\n', ' '];
+  let state = seed * 2654435761;
+  const parts: string[] = [];
+  for (let length = 0; length < size; ) {
+    state = (state * 1103515245 + 12345) >>> 0;
+    const word = words[state % words.length]!;
+    parts.push(word);
+    length += word.length;
+  }
+  return Buffer.from(parts.join('')).subarray(0, size);
+}
+
+const dir = (name: string): TarEntrySpec => ({ name, type: 'directory' });
+const file = (name: string, seed: number, size = 12 * 1024): TarEntrySpec => ({ name, content: content(seed, size) });
+
+/** Sorted the way archives are: a directory, then its subtree. */
+function walkOrder(entries: TarEntrySpec[]): TarEntrySpec[] {
+  return [...entries].sort((a, b) => compareTreePaths(a.name, b.name));
+}
+
+function manyFiles(directory: string, count: number, seed: number): TarEntrySpec[] {
+  return [dir(directory), ...Array.from({ length: count }, (_, i) => file(`${directory}/f${i}`, seed + i))];
+}
+
+const BASE = walkOrder([dir('usr'), ...manyFiles('usr/bin', 30, 100), ...manyFiles('usr/lib', 30, 200), ...manyFiles('usr/lib-extra', 10, 300), dir('etc'), file('etc/os-release', 1, 100)]);
+const TOOLCHAIN = walkOrder([dir('usr'), dir('usr/lib'), ...manyFiles('usr/lib/lang', 60, 400), dir('usr/share'), ...manyFiles('usr/share/lang', 40, 500)]);
+const PATCH = walkOrder([
+  dir('usr'), dir('usr/bin'), file('usr/bin/f3', 999), { name: 'usr/bin/.wh.f4', content: '' },
+  { name: 'usr/bin/f5-link', type: 'link', linkname: 'usr/bin/f5' }, { name: 'usr/lib/lang/.wh..wh..opq', content: '' },
+  file('usr/lib/lang/new', 7), { name: 'usr/lib/lang/current', type: 'symlink', linkname: 'new' },
+]);
+
+async function writeLayer(cacheDir: string, name: string, entries: TarEntrySpec[]) {
+  const tar = await tarBytes(entries);
+  const blob = gzipSync(tar);
+  const blobPath = join(workDir, `${name}-${Math.random().toString(16).slice(2)}.tar.gz`);
+  await writeFile(blobPath, blob);
+  const descriptor = { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha256Digest(blob), size: blob.length };
+  return { blobPath, descriptor, diffId: sha256Digest(tar), cacheDir };
+}
+
+async function partBytes(part: ImageArchive): Promise<Buffer> {
+  return Buffer.concat(await Promise.all(part.parts.map(async (path) => readFile(await path))));
+}
+
+/**
+ * Unpacks the layers in `order` (indexes, bottom = 0) feeding a speculator,
+ * then writes the image part with the shards it wrote ahead; returns that
+ * part's bytes, the same part written without speculation, and the stats.
+ */
+async function buildBothWays(layers: TarEntrySpec[][], order: number[]) {
+  const cacheDir = await mkdtemp(join(workDir, 'cache-'));
+  const workers = new ShardWorkers(cacheDir);
+  const plainWorkers = new ShardWorkers(cacheDir);
+  try {
+    const speculator = new ShardSpeculator(workers, async (partial) => flattenLayers(partial).entries, settings, layers.length);
+    const options = await Promise.all(layers.map((entries, index) => writeLayer(cacheDir, `layer${index}`, entries)));
+    const unpacked: UnpackedLayer[] = [];
+    for (const index of order) {
+      unpacked[index] = await unpackLayer({ ...options[index]!, onProgress: (progress) => speculator.layerProgress(index, progress) });
+      speculator.layerDone(index, unpacked[index]!);
+    }
+    await speculator.idle();
+    const { entries } = flattenLayers(unpacked);
+    const early = await partBytes(await imageArchive(entries, settings, await mkdtemp(join(workDir, 'rootfs-')), workers, () => {}, speculator));
+    const plain = await partBytes(await imageArchive(entries, settings, await mkdtemp(join(workDir, 'rootfs-')), plainWorkers, () => {}));
+    return { early, plain, stats: speculator.stats };
+  } finally {
+    await Promise.all([workers.close(), plainWorkers.close()]);
+  }
+}
+
+describe('shards written while layers unpack', () => {
+  it('are used when the prediction holds, and change no byte of the image part', async () => {
+    const { early, plain, stats } = await buildBothWays([BASE, TOOLCHAIN, PATCH], [2, 0, 1]);
+    expect(stats.used).toBeGreaterThan(0);
+    expect(stats.used).toBeLessThanOrEqual(stats.written);
+    expect(early.equals(plain)).toBe(true);
+  });
+
+  it('change no byte when a layer in another order makes the prediction wrong', async () => {
+    // The top layer arrives last and backwards: its whiteouts come after what they remove.
+    const { early, plain } = await buildBothWays([BASE, TOOLCHAIN, [...PATCH].reverse()], [0, 1, 2]);
+    expect(early.equals(plain)).toBe(true);
+  });
+});
