@@ -5,7 +5,8 @@
  * - The image's part is cut into shards of similar size that are archived and
  *   compressed in parallel on worker threads. Shard boundaries depend on the
  *   tree alone, never on the machine, so every machine writes the same bytes.
- * - That part is cached under a key computed from everything written into it,
+ * - That part is cached (its shard files under `shards/`, their list under
+ *   `rootfs/<key>.json`) with a key computed from everything written into it,
  *   so a rebuild with only a new agent reuses it and appends rampack's small
  *   archive (/init, /etc/rampack/...).
  * - Shards are keyed the same way, so those written ahead of time from a
@@ -13,8 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { constants } from 'node:fs';
-import { copyFile, readFile, stat, truncate } from 'node:fs/promises';
+import { mkdir, readFile, rename, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -66,7 +66,7 @@ export interface ImageArchive {
 /** Uncompressed bytes per shard: large enough that restarting the codec costs nothing measurable. */
 export const SHARD_BYTES = 32 * 1024 * 1024;
 /** Bumped whenever the archive layout changes, so old cache entries are not reused. */
-const LAYOUT_VERSION = 1;
+const LAYOUT_VERSION = 2;
 
 /** Data identity of an entry: a byte range of a content-addressed layer tar, or the hash of its bytes. */
 function dataIdentity(entry: TreeEntry): string {
@@ -189,13 +189,13 @@ export async function imageArchive(
   const shards = shardEntries(entries, settings.shardBytes);
   const keys = shardKeys(shards, settings);
   const key = keys.at(-1)!;
-  const path = imagePartCachePath(cacheDir, key, settings);
   const directories = new Set(directoriesOf(entries));
-  const cached = await readFile(`${path}.json`, 'utf8').then((text) => JSON.parse(text) as { uncompressedBytes: number; size: number }, () => undefined);
-  if (cached && (await stat(path).then((info) => info.size, () => -1)) === cached.size) {
+  const cached = await cachedImagePart(cacheDir, key);
+  if (cached) {
     early?.finish(new Set());
     onProgress(cached.uncompressedBytes);
-    return { key, parts: [Promise.resolve(path)], uncompressedBytes: Promise.resolve(cached.uncompressedBytes), directories, fromCache: true };
+    const parts = cached.shards.map((shard) => Promise.resolve(join(cacheDir, 'shards', shard.file)));
+    return { key, parts, uncompressedBytes: Promise.resolve(cached.uncompressedBytes), directories, fromCache: true };
   }
   early?.finish(new Set(keys));
   const jobs = await shardJobs(shards, keys, settings, workers);
@@ -213,21 +213,39 @@ export async function imageArchive(
   return { key, parts, uncompressedBytes, directories, fromCache: false };
 }
 
-function imagePartCachePath(cacheDir: string, key: string, settings: ArchiveSettings): string {
-  return join(cacheDir, 'rootfs', `${key}.cpio${fileExtension(settings.compression)}`);
+/** `<cache>/rootfs/<key>.json`: the shard files of a cached image part, in order. */
+interface CachedImagePart {
+  uncompressedBytes: number;
+  shards: { file: string; size: number }[];
 }
 
-/**
- * Caches the image's part from the output that starts with it: a kernel-side
- * copy (a reflink where the filesystem has them) cut to the part's size.
- */
-async function cacheImagePart(output: string, size: number, base: ImageArchive, settings: ArchiveSettings, cacheDir: string): Promise<void> {
-  const path = imagePartCachePath(cacheDir, base.key, settings);
-  await writeAtomically(path, async (temporary) => {
-    await copyFile(output, temporary, constants.COPYFILE_FICLONE);
-    await truncate(temporary, size);
-  });
-  await writeFileAtomically(`${path}.json`, JSON.stringify({ uncompressedBytes: await base.uncompressedBytes, size }));
+function imagePartRecordPath(cacheDir: string, key: string): string {
+  return join(cacheDir, 'rootfs', `${key}.json`);
+}
+
+/** The cached part, if its record and every shard file (with its size) are there. */
+async function cachedImagePart(cacheDir: string, key: string): Promise<CachedImagePart | undefined> {
+  const record = await readFile(imagePartRecordPath(cacheDir, key), 'utf8').then((text) => JSON.parse(text) as CachedImagePart, () => undefined);
+  if (record === undefined) return undefined;
+  const sizes = await Promise.all(record.shards.map((shard) => stat(join(cacheDir, 'shards', shard.file)).then((info) => info.size, () => -1)));
+  return sizes.every((size, index) => size === record.shards[index]!.size) ? record : undefined;
+}
+
+/** Moves the written shards into the cache (a rename each) and records the part. */
+async function cacheImagePart(base: ImageArchive, cacheDir: string): Promise<void> {
+  const shardDir = join(cacheDir, 'shards');
+  await mkdir(shardDir, { recursive: true });
+  const shards = await Promise.all(
+    base.parts.map(async (part) => {
+      const path = await part;
+      const file = basename(path);
+      const { size } = await stat(path);
+      await rename(path, join(shardDir, file));
+      return { file, size };
+    }),
+  );
+  const record: CachedImagePart = { uncompressedBytes: await base.uncompressedBytes, shards };
+  await writeFileAtomically(imagePartRecordPath(cacheDir, base.key), JSON.stringify(record));
 }
 
 /** Counts and hashes the bytes that flow through. */
@@ -294,15 +312,13 @@ export async function writeInitramfs(
   const previous = await unchangedOutput(recordPath, path, base.key, addedSha256);
   if (previous) return { ...previous, unchanged: true };
   const measure = new Measure();
-  let baseSize = 0;
   async function* chunks() {
     // Each shard goes out as soon as it and those before it are written.
     for (const part of base.parts) yield* createReadStream(await part);
-    baseSize = measure.bytes;
     yield addedArchive;
   }
   await writeAtomically(path, (temporary) => pipeline(Readable.from(chunks()), measure, createWriteStream(temporary)));
-  if (!base.fromCache) await cacheImagePart(path, baseSize, base, settings, cacheDir);
+  if (!base.fromCache) await cacheImagePart(base, cacheDir);
   const result = { sha256: measure.digestHex(), size: measure.bytes, uncompressedBytes: (await base.uncompressedBytes) + overlay.stats.bytes };
   const written = await stat(path);
   const record: OutputRecord = { baseKey: base.key, addedSha256, size: written.size, mtimeMs: written.mtimeMs, ino: written.ino, result };

@@ -21,6 +21,9 @@ import type { ShardWorkers } from './shard-workers.ts';
 /** The image's part of the tree for these layers (as the build computes it). */
 export type PredictImagePart = (layers: UnpackedLayer[]) => Promise<readonly TreeEntry[]>;
 
+/** Shards' worth of new data between prediction rounds: fewer rounds cost less, more start shards sooner. */
+const ROUND_SHARDS = 2;
+
 interface Snapshot {
   layers: UnpackedLayer[];
   frontier: string;
@@ -86,11 +89,11 @@ export class ShardSpeculator implements EarlyShards {
     }
   }
 
-  /** Each round flattens every entry so far: only worth it once another shard's worth of data is below the frontier. */
+  /** Each round flattens every entry so far: only worth it once a few more shards' worth of data is below the frontier. */
   #roundIfWorthIt(): void {
     const snapshot = this.#snapshot(false);
-    const shardBytes = this.#settings.shardBytes ?? SHARD_BYTES;
-    if (snapshot && this.#bytesBelowFrontier(snapshot) - this.#bytesAtLastRound >= shardBytes) this.#requestRound();
+    const step = ROUND_SHARDS * (this.#settings.shardBytes ?? SHARD_BYTES);
+    if (snapshot && this.#bytesBelowFrontier(snapshot) - this.#bytesAtLastRound >= step) this.#requestRound();
   }
 
   /**

@@ -84,9 +84,12 @@ class TreeBuilder {
   private readonly root: Node = { type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, children: new Map() };
   private readonly warnings: string[] = [];
   private nextInode = 1;
+  /** The directory the last entry went into: entries in tar order mostly share it. */
+  private lastParent?: { path: string; directory: ResolvedDirectory };
 
   applyLayer(layer: UnpackedLayer): void {
     const context = new LayerContext(layer);
+    this.lastParent = undefined;
     const additions: LayerEntry[] = [];
     for (const entry of layer.entries) {
       const kind = classify(entry.path);
@@ -102,7 +105,7 @@ class TreeBuilder {
     const entries: TreeEntry[] = [];
     // Children by name, depth first: the walk order of compareTreePaths.
     const collect = (directory: Node, prefix: string): void => {
-      for (const [name, node] of [...directory.children!].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      for (const [name, node] of byName(directory.children!)) {
         const path = prefix === '' ? name : `${prefix}/${name}`;
         const { children, ...fields } = node;
         entries.push({ path, ...fields });
@@ -127,12 +130,16 @@ class TreeBuilder {
   private add(entry: LayerEntry, context: LayerContext): void {
     const node = entry.type === 'hardlink' ? this.linkedNode(entry, context) : this.newNode(entry, context.layer.tarPath);
     const parent = parentPath(entry.path);
-    const directory = this.resolveDirectory(parent, context, entry);
+    const directory = this.lastParent?.path === parent ? this.lastParent.directory : this.resolveDirectory(parent, context, entry);
     if (directory.path !== parent) context.redirected(entry.path, joinPath(directory.path, baseName(entry.path)));
     const children = directory.node.children!;
     const existing = children.get(baseName(entry.path));
     if (node.type === 'dir' && existing?.type === 'dir') node.children = existing.children;
     children.set(baseName(entry.path), node);
+    // Replacing the remembered directory or one of its parents makes it stale;
+    // one reached through a symlink could go stale from elsewhere, so it is not kept.
+    const stale = this.lastParent !== undefined && (this.lastParent.path === entry.path || this.lastParent.path.startsWith(`${entry.path}/`));
+    this.lastParent = stale || directory.path !== parent ? undefined : { path: parent, directory };
   }
 
   private newNode(entry: LayerEntry, tarPath: string): Node {
@@ -253,12 +260,20 @@ class LayerContext {
 
 /** Whether a layer path is a whiteout, aufs metadata to skip, or a real entry. */
 function classify(path: string): 'whiteout' | 'skip' | 'entry' {
-  const components = path.split('/');
-  const name = components.at(-1)!;
-  if (components.slice(0, -1).some((component) => component.startsWith(WHITEOUT_PREFIX))) return 'skip';
+  const slash = path.lastIndexOf('/');
+  const name = path.slice(slash + 1);
+  const parent = slash < 0 ? '' : path.slice(0, slash);
+  if (parent.startsWith(WHITEOUT_PREFIX) || parent.includes(`/${WHITEOUT_PREFIX}`)) return 'skip';
   if (name === OPAQUE_WHITEOUT) return 'whiteout';
   if (name.startsWith(AUFS_METADATA_PREFIX) || name === WHITEOUT_PREFIX) return 'skip';
   return name.startsWith(WHITEOUT_PREFIX) ? 'whiteout' : 'entry';
+}
+
+/** A directory's children sorted by name; layers in walk order insert them sorted already. */
+function byName(children: Map<string, Node>): [string, Node][] {
+  const list = [...children];
+  const sorted = list.every(([name], index) => index === 0 || list[index - 1]![0] < name);
+  return sorted ? list : list.sort(([a], [b]) => (a < b ? -1 : 1));
 }
 
 function splitPath(path: string): string[] {
