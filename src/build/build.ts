@@ -68,8 +68,9 @@ interface PullCount {
 
 /**
  * Every layer blob made local (downloaded into the cache for registries; the
- * transport bounds requests per registry) and unpacked as soon as it is there,
- * so downloading one layer overlaps unpacking another.
+ * transport bounds requests per registry) and unpacked as it downloads where
+ * the store can (else as soon as it is local), so the download is off the
+ * critical path.
  */
 async function pullAndUnpack(
   image: ResolvedImage,
@@ -79,7 +80,8 @@ async function pullAndUnpack(
   reporter: BuildReporter,
 ): Promise<UnpackedLayer[]> {
   reporter.start('pull');
-  const blobPaths = image.layers.map((descriptor) => store.blobPath(descriptor));
+  const incoming = image.layers.map((descriptor) => store.incomingBlob?.(descriptor));
+  const blobPaths = image.layers.map((descriptor, index) => incoming[index]?.path ?? store.blobPath(descriptor));
   // Each is awaited below; until then a failure must not count as unhandled.
   for (const blobPath of blobPaths) blobPath.catch(() => {});
   void Promise.all(blobPaths).then(
@@ -88,7 +90,7 @@ async function pullAndUnpack(
   );
   reporter.start('flatten');
   let entries = 0;
-  return unpackImageLayers(image.layers, image.config.rootfs.diff_ids, (_descriptor, index) => blobPaths[index]!, options.cacheDir, (layer, index) => {
+  return unpackImageLayers(image.layers, image.config.rootfs.diff_ids, (_descriptor, index) => incoming[index] ?? blobPaths[index]!, options.cacheDir, (layer, index) => {
     options.log.debug(`layer ${index + 1}/${image.layers.length} ${layer.diffId}: ${layer.entries.length} entries`);
     entries += layer.entries.length;
     reporter.progress('flatten', { done: entries, unit: 'entries' });
