@@ -56,3 +56,14 @@ export class VerificationError extends RampackError {
     super(message, ExitCode.verification, options);
   }
 }
+
+/**
+ * A blob read while it downloaded started over from byte 0 (the registry
+ * could not resume it), so the bytes already read belong to a transfer that
+ * was thrown away. Readers fall back to the complete file.
+ */
+export class DownloadRestartedError extends RampackError {
+  constructor(message: string, options?: { hint?: string; cause?: unknown }) {
+    super(message, ExitCode.registry, options);
+  }
+}

@@ -74,8 +74,9 @@ interface PullCount {
 
 /**
  * Every layer blob made local (downloaded into the cache for registries; the
- * transport bounds requests per registry) and unpacked as soon as it is there,
- * so downloading one layer overlaps unpacking another.
+ * transport bounds requests per registry) and unpacked as it downloads where
+ * the store can (else as soon as it is local), so the download is off the
+ * critical path.
  */
 async function pullAndUnpack(
   image: ResolvedImage,
@@ -86,7 +87,8 @@ async function pullAndUnpack(
   speculator: ShardSpeculator,
 ): Promise<UnpackedLayer[]> {
   reporter.start('pull');
-  const blobPaths = image.layers.map((descriptor) => store.blobPath(descriptor));
+  const incoming = image.layers.map((descriptor) => store.incomingBlob?.(descriptor));
+  const blobPaths = image.layers.map((descriptor, index) => incoming[index]?.path ?? store.blobPath(descriptor));
   // Each is awaited below; until then a failure must not count as unhandled.
   for (const blobPath of blobPaths) blobPath.catch(() => {});
   void Promise.all(blobPaths).then(
@@ -101,9 +103,9 @@ async function pullAndUnpack(
     reporter.progress('flatten', { done: entries, unit: 'entries' });
     speculator.layerDone(index, layer);
   };
-  const blobPath = (_descriptor: Descriptor, index: number) => blobPaths[index]!;
+  const blobOf = (_descriptor: Descriptor, index: number) => incoming[index] ?? blobPaths[index]!;
   const onProgress = (progress: LayerProgress, index: number) => speculator.layerProgress(index, progress);
-  return unpackImageLayers(image.layers, image.config.rootfs.diff_ids, blobPath, options.cacheDir, onUnpacked, onProgress);
+  return unpackImageLayers(image.layers, image.config.rootfs.diff_ids, blobOf, options.cacheDir, onUnpacked, onProgress);
 }
 
 /** What the build writes for a target, from the image's layers: the flattened tree with the recipe's options and rampack's files applied. */

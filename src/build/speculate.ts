@@ -31,7 +31,6 @@ interface Snapshot {
 
 type LayerState = { unpacking: LayerProgress; done?: undefined } | { done: UnpackedLayer; unpacking?: undefined } | undefined;
 
-
 export class ShardSpeculator implements EarlyShards {
   readonly #workers: ShardWorkers;
   readonly #predict: PredictImagePart;

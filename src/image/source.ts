@@ -37,4 +37,21 @@ export interface ContentStore {
   fetchBlob(descriptor: Descriptor): Promise<Buffer>;
   /** A local file holding the blob (downloaded into the cache for registries). */
   blobPath(descriptor: Descriptor): Promise<string>;
+  /**
+   * Stores that download blobs: the blob as it downloads, so that a layer
+   * unpacks while it arrives. Others have their files at hand: use blobPath.
+   */
+  incomingBlob?(descriptor: Descriptor): IncomingBlob;
+}
+
+/** A blob on its way into a local file, readable before it gets there. */
+export interface IncomingBlob {
+  /** The complete, verified file (blobPath's); rejects when the blob cannot be had. */
+  readonly path: Promise<string>;
+  /**
+   * The blob's bytes from offset 0 as they arrive, ending only once the whole
+   * blob is verified against its digest. Throws DownloadRestartedError when
+   * the download starts over after bytes were read: read `path` then.
+   */
+  follow(): AsyncIterable<Buffer>;
 }

@@ -6,12 +6,13 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { Transform, type TransformCallback } from 'node:stream';
+import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDecompressor, detectCompression, isCorruptStreamError } from '../compress/index.ts';
-import { InputError, VerificationError } from '../errors.ts';
+import { DownloadRestartedError, InputError, VerificationError } from '../errors.ts';
+import type { IncomingBlob } from '../image/source.ts';
 import type { Descriptor } from '../image/types.ts';
 import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
 import { mapConcurrent } from '../util/concurrency.ts';
@@ -27,9 +28,11 @@ export interface UnpackedLayer {
   entries: readonly LayerEntry[];
 }
 
+/** A compressed (or plain) layer blob: a file on disk, or one still downloading, unpacked as it arrives. */
+export type LayerBlob = string | IncomingBlob;
+
 export interface UnpackLayerOptions {
-  /** The compressed (or plain) layer blob on disk. */
-  blobPath: string;
+  blob: LayerBlob;
   descriptor: Descriptor;
   diffId: string;
   cacheDir: string;
@@ -74,7 +77,7 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<Unpacked
   const indexPath = `${base}.json`;
   const cached = await readCachedIndex(tarPath, indexPath, diffId);
   if (cached !== undefined) return { diffId, tarPath, entries: cached };
-  const { entries, tarSize } = await writeAtomically(tarPath, (temporary) => decompressAndIndex(options, tarPath, temporary));
+  const { entries, tarSize } = await writeAtomically(tarPath, (temporary) => unpackBlob(options, tarPath, temporary));
   await writeFileAtomically(indexPath, JSON.stringify(storedIndex(diffId, tarSize, entries)));
   return { diffId, tarPath, entries };
 }
@@ -110,16 +113,49 @@ function mapValues<A, B>(record: Record<string, A>, map: (value: A) => B): Recor
   return Object.fromEntries(Object.entries(record).map(([key, value]) => [key, map(value)]));
 }
 
-/** One pass over the blob: hash, decompress, hash, index, write to `temporary`. */
+/** Where one pass reads a blob from. */
+interface BlobSource {
+  /** The blob's bytes from offset 0. */
+  chunks: AsyncIterable<Buffer>;
+  /**
+   * The bytes of an incoming blob end only once its download has checked
+   * them against the digest, so the pass does not hash them again (one hash
+   * pass, the download's, which also keeps bad blobs out of the cache); a
+   * file's bytes nothing else checks, so the pass hashes them.
+   */
+  verified: boolean;
+  /** The complete file, hashed when the stream fails to decompress: a wrong digest is the clearer report. */
+  file: () => Promise<string>;
+}
+
+async function fileSource(path: string, descriptor: Descriptor): Promise<BlobSource> {
+  await verifyBlobSize(path, descriptor);
+  return { chunks: createReadStream(path) as AsyncIterable<Buffer>, verified: false, file: async () => path };
+}
+
+/** Unpacks a file, or an incoming blob as it arrives (from its complete file when its download had to start over). */
+async function unpackBlob(options: UnpackLayerOptions, tarPath: string, temporary: string): Promise<{ entries: LayerEntry[]; tarSize: number }> {
+  const { blob, descriptor } = options;
+  if (typeof blob === 'string') return decompressAndIndex(await fileSource(blob, descriptor), options, tarPath, temporary);
+  try {
+    return await decompressAndIndex({ chunks: blob.follow(), verified: true, file: () => blob.path }, options, tarPath, temporary);
+  } catch (error) {
+    if (!(error instanceof DownloadRestartedError)) throw error;
+    return decompressAndIndex(await fileSource(await blob.path, descriptor), options, tarPath, temporary);
+  }
+}
+
+/** One pass over the blob: hash (unless verified), decompress, hash, index, write to `temporary`. */
 async function decompressAndIndex(
-  { blobPath, descriptor, diffId, onProgress }: UnpackLayerOptions,
+  source: BlobSource,
+  { descriptor, diffId, onProgress }: UnpackLayerOptions,
   tarPath: string,
   temporary: string,
 ): Promise<{ entries: LayerEntry[]; tarSize: number }> {
   const layer = `layer ${descriptor.digest}`;
-  await verifyBlobSize(blobPath, descriptor);
-  const encoding = detectCompression(await readMagic(blobPath));
-  const compressed = new DigestingStream();
+  const { head, chunks } = await peek(source.chunks, MAGIC_LENGTH);
+  const encoding = detectCompression(head);
+  const compressed = source.verified ? undefined : new DigestingStream();
   const uncompressed = new DigestingStream();
   const indexer = new TarIndexer(layer);
   const progress: LayerProgress = { entries: indexer.entries, tarPath, partialPath: temporary, readableBytes: 0, indexed: false };
@@ -129,23 +165,25 @@ async function decompressAndIndex(
   };
   try {
     await pipeline([
-      createReadStream(blobPath),
-      compressed,
+      // Bytes, not objects: the stream then reads ahead one chunk, not sixteen.
+      Readable.from(chunks, { objectMode: false }),
+      ...(compressed ? [compressed] : []),
       createDecompressor(encoding),
       uncompressed,
       tarIndexStream(indexer),
       new SparseFileWriter(temporary, onProgress && onReadable),
     ]);
   } catch (error) {
+    if (error instanceof DownloadRestartedError) throw error;
     // A damaged blob fails to decompress or parse; its digest is the clearer report.
-    await verifyBlobDigest(blobPath, descriptor);
+    await verifyBlobDigest(await source.file(), descriptor);
     if (!isCorruptStreamError(error)) throw error;
     throw new InputError(`${layer} is corrupt: its ${encoding} stream cannot be decompressed (${error.message})`, {
       hint: 'the blob matches its digest, so the image itself is broken; rebuild or re-push it',
       cause: error,
     });
   }
-  checkBlobDigest(descriptor, compressed.digest(), compressed.size);
+  if (compressed) checkBlobDigest(descriptor, compressed.digest(), compressed.size);
   if (uncompressed.digest() !== diffId) {
     throw new VerificationError(
       `${layer}: its uncompressed content has digest ${uncompressed.digest()}, but the image config lists diff_id ${diffId}`,
@@ -157,15 +195,25 @@ async function decompressAndIndex(
   return { entries: indexer.entries, tarSize: uncompressed.size };
 }
 
-/** The first four bytes of a file (fewer if it is shorter): enough to tell the codec. */
-async function readMagic(path: string): Promise<Buffer> {
-  const file = await open(path, 'r');
-  try {
-    const { buffer, bytesRead } = await file.read(Buffer.alloc(4), 0, 4, 0);
-    return buffer.subarray(0, bytesRead);
-  } finally {
-    await file.close();
+/** Enough bytes to tell the codec. */
+const MAGIC_LENGTH = 4;
+
+/** The first `length` bytes of a stream (fewer if it is shorter), and the whole stream, those bytes included. */
+async function peek(chunks: AsyncIterable<Buffer>, length: number): Promise<{ head: Buffer; chunks: AsyncIterable<Buffer> }> {
+  const iterator = chunks[Symbol.asyncIterator]();
+  const read: Buffer[] = [];
+  let size = 0;
+  while (size < length) {
+    const next = await iterator.next();
+    if (next.done) break;
+    read.push(next.value);
+    size += next.value.length;
   }
+  async function* whole(): AsyncGenerator<Buffer> {
+    yield* read;
+    yield* { [Symbol.asyncIterator]: () => iterator };
+  }
+  return { head: Buffer.concat(read, Math.min(size, length)), chunks: whole() };
 }
 
 async function verifyBlobSize(blobPath: string, descriptor: Descriptor): Promise<void> {
@@ -220,19 +268,20 @@ const LAYER_CONCURRENCY = 3;
 
 /**
  * Unpacks an image's layers (bottom to top, the order of `layers` and
- * `diffIds`), each as soon as `blobPath` makes its blob local.
+ * `diffIds`), each as soon as `blobOf` has its blob: a file once it is
+ * local, an incoming blob while it arrives.
  */
 export function unpackImageLayers(
   layers: readonly Descriptor[],
   diffIds: readonly string[],
-  blobPath: (descriptor: Descriptor, index: number) => Promise<string>,
+  blobOf: (descriptor: Descriptor, index: number) => LayerBlob | Promise<LayerBlob>,
   cacheDir: string,
   onUnpacked: (layer: UnpackedLayer, index: number) => void = () => {},
   onProgress?: (progress: LayerProgress, index: number) => void,
 ): Promise<UnpackedLayer[]> {
   return mapConcurrent(layers, LAYER_CONCURRENCY, async (descriptor, index) => {
     const layer = await unpackLayer({
-      blobPath: await blobPath(descriptor, index),
+      blob: await blobOf(descriptor, index),
       descriptor,
       diffId: diffIds[index]!,
       cacheDir,

@@ -4,7 +4,8 @@
  * cache by rename only once its size and digest check out, so readers never
  * see a partial or wrong blob and concurrent writers of one blob cannot clash.
  * While it is written, a blob can grow over several transfers (a download
- * resumed after a broken connection) or start over.
+ * resumed after a broken connection) or start over, and readers can follow
+ * it (follow.ts).
  */
 import { createHash, type Hash } from 'node:crypto';
 import { open, stat, type FileHandle } from 'node:fs/promises';
@@ -50,12 +51,13 @@ export class BlobCache {
     const path = this.path(digest);
     await writeAtomically(path, async (temporary) => {
       const file = await open(temporary, 'w');
+      const blob = new PartialBlob(file, temporary, digest, size);
       try {
-        const blob = new PartialBlob(file, digest, size);
         await fill(blob);
         blob.verify();
         await file.sync();
       } finally {
+        blob.end();
         await file.close();
       }
     });
@@ -63,23 +65,68 @@ export class BlobCache {
   }
 }
 
+/** Wakes whoever waits for the next change; costs nothing while nobody waits. */
+class ChangeSignal {
+  private waiting?: { promise: Promise<void>; wake: () => void };
+
+  next(): Promise<void> {
+    if (!this.waiting) {
+      let wake!: () => void;
+      const promise = new Promise<void>((resolve) => (wake = resolve));
+      this.waiting = { promise, wake };
+    }
+    return this.waiting.promise;
+  }
+
+  notify(): void {
+    this.waiting?.wake();
+    this.waiting = undefined;
+  }
+}
+
 /** A blob being written: the temporary file and the hash of the bytes in it so far. */
 export class PartialBlob {
+  /** The file being written, which followers read as it grows. */
+  readonly temporaryPath: string;
+  readonly size: number;
   private readonly file: FileHandle;
   private readonly digest: string;
-  private readonly size: number;
   private hash: Hash = createHash('sha256');
   private written = 0;
+  private restartCount = 0;
+  private writing = true;
+  private readonly changes = new ChangeSignal();
 
-  constructor(file: FileHandle, digest: string, size: number) {
+  constructor(file: FileHandle, temporaryPath: string, digest: string, size: number) {
     this.file = file;
+    this.temporaryPath = temporaryPath;
     this.digest = digest;
     this.size = size;
   }
 
-  /** Bytes written so far. */
+  /** Bytes written so far: the first `received` bytes of the file are final until the next restart. */
   get received(): number {
     return this.written;
+  }
+
+  /** How often the blob started over: bytes read from it before a restart are void. */
+  get restarts(): number {
+    return this.restartCount;
+  }
+
+  /** Whether the writing is over (the blob is complete, or its download failed): no more bytes will come. */
+  get ended(): boolean {
+    return !this.writing;
+  }
+
+  /** Resolves at the next append, restart or end. */
+  changed(): Promise<void> {
+    return this.changes.next();
+  }
+
+  end(): void {
+    this.writing = false;
+    this.changes.notify();
   }
 
   /** Appends `chunks`; a chunk counts as received only once it is on disk. */
@@ -90,14 +137,18 @@ export class PartialBlob {
       await this.file.write(chunk, 0, chunk.length, this.written);
       this.hash.update(chunk);
       this.written += chunk.length;
+      this.changes.notify();
     }
   }
 
   /** Throws away what was written. */
   async restart(): Promise<void> {
-    await this.file.truncate(0);
-    this.hash = createHash('sha256');
+    // Before the truncation: a follower that reads while it runs must see that its bytes are void.
+    this.restartCount++;
     this.written = 0;
+    this.hash = createHash('sha256');
+    this.changes.notify();
+    await this.file.truncate(0);
   }
 
   verify(): void {

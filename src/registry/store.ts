@@ -1,17 +1,17 @@
 /** A registry repository as a ContentStore: verified documents, and layers downloaded into the blob cache. */
 import { InputError, VerificationError } from '../errors.ts';
 import type { ImageReference } from '../image/reference.ts';
-import type { ContentStore } from '../image/source.ts';
+import type { ContentStore, IncomingBlob } from '../image/source.ts';
 import { MANIFEST_MEDIA_TYPES, type Descriptor, type FetchedManifest } from '../image/types.ts';
 import { digestHex, isDigest, sha256Digest } from '../util/digest.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { TOOL_VERSION } from '../version.ts';
-import { BlobCache } from './cache.ts';
+import { BlobCache, type PartialBlob } from './cache.ts';
 import { readBody, RegistryClient, type ClientOptions, type RegistryRequest } from './client.ts';
 import { credentialLookup } from './credentials.ts';
+import { CacheDownload } from './follow.ts';
 import { DEFAULT_MAX_ATTEMPTS } from './retry.ts';
 import { sharedTransport, type TransportOptions } from './transport.ts';
-import { OncePerKey } from '../util/once.ts';
 
 export interface RegistryOptions extends TransportOptions {
   /** Root of the blob cache (blobs land in `<cacheDir>/blobs/sha256/`). */
@@ -52,8 +52,8 @@ export class RegistryStore implements ContentStore {
   private readonly client: RegistryClient;
   private readonly cache: BlobCache;
   private readonly log: Logger;
-  /** One download per digest, however many layers share it. */
-  private readonly downloads = new OncePerKey<string>();
+  /** One download per digest, however many layers share it; a failed one may be asked for again. */
+  private readonly downloads = new Map<string, CacheDownload>();
 
   private readonly onBlobBytes?: RegistryOptions['onBlobBytes'];
 
@@ -88,12 +88,24 @@ export class RegistryStore implements ContentStore {
   }
 
   blobPath(descriptor: Descriptor): Promise<string> {
-    return this.downloads.run(descriptor.digest, () => this.download(descriptor));
+    return this.incomingBlob(descriptor).path;
   }
 
-  private async download(descriptor: Descriptor): Promise<string> {
+  incomingBlob(descriptor: Descriptor): IncomingBlob {
+    const { digest } = descriptor;
+    let download = this.downloads.get(digest);
+    if (!download) {
+      const subject = `layer ${digest} of image ${this.reference}`;
+      download = new CacheDownload(subject, (writing) => this.download(descriptor, subject, writing));
+      this.downloads.set(digest, download);
+      download.path.catch(() => this.downloads.delete(digest));
+    }
+    return download;
+  }
+
+  /** Downloads the blob into the cache, telling `writing` the blob being written once its file exists. */
+  private async download(descriptor: Descriptor, subject: string, writing: (blob: PartialBlob) => void): Promise<string> {
     const { digest, size } = descriptor;
-    const subject = `layer ${digest} of image ${this.reference}`;
     if (isForeign(descriptor)) {
       throw new InputError(`${subject} is a foreign (non-distributable) layer (${descriptor.mediaType}${descriptor.urls ? `, hosted at ${descriptor.urls.join(', ')}` : ''})`, {
         hint: 'rampack builds Linux images from distributable layers only; use an image without foreign layers',
@@ -101,15 +113,16 @@ export class RegistryStore implements ContentStore {
     }
     if (await this.cache.has(digest, size)) return this.cache.path(digest);
     this.log.info(`downloading ${subject} (${size} bytes)`);
-    return this.cache.write(digest, size, (blob) =>
-      this.client.download(this.blobRequest(descriptor, subject), {
+    return this.cache.write(digest, size, (blob) => {
+      writing(blob);
+      return this.client.download(this.blobRequest(descriptor, subject), {
         get received() {
           return blob.received;
         },
         append: (chunks) => blob.append(this.counted(digest, chunks)),
         restart: () => blob.restart(),
-      }),
-    );
+      });
+    });
   }
 
   private async *counted(digest: string, chunks: AsyncIterable<Uint8Array>): AsyncGenerator<Uint8Array> {

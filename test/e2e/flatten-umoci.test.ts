@@ -346,7 +346,7 @@ async function rampackArchive(layout: string, archive: string): Promise<void> {
   const layers: UnpackedLayer[] = [];
   for (const [position, descriptor] of manifest.layers.entries()) {
     const blobPath = join(layout, 'blobs', 'sha256', descriptor.digest.slice('sha256:'.length));
-    layers.push(await unpackLayer({ blobPath, descriptor, diffId: config.rootfs.diff_ids[position]!, cacheDir: join(workDir, 'cache') }));
+    layers.push(await unpackLayer({ blob: blobPath, descriptor, diffId: config.rootfs.diff_ids[position]!, cacheDir: join(workDir, 'cache') }));
   }
   await pipeline(newcArchive(flattenLayers(layers).entries), createWriteStream(archive));
 }

@@ -30,13 +30,13 @@ beforeEach(async () => {
 type Encoder = (tar: Buffer) => Buffer;
 
 /** Writes `entries` as a layer blob; returns what unpackLayer needs. */
-async function layerBlob(entries: TarEntrySpec[], encode: Encoder = gzipSync): Promise<UnpackLayerOptions> {
+async function layerBlob(entries: TarEntrySpec[], encode: Encoder = gzipSync): Promise<UnpackLayerOptions & { blob: string }> {
   const tar = await tarBytes(entries);
   const blob = encode(tar);
   const blobPath = join(workDir, `blob-${blobCount++}`);
   await writeFile(blobPath, blob);
   const descriptor = { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha256Digest(blob), size: blob.length };
-  return { blobPath, descriptor, diffId: sha256Digest(tar), cacheDir };
+  return { blob: blobPath, descriptor, diffId: sha256Digest(tar), cacheDir };
 }
 
 async function layer(entries: TarEntrySpec[], encode?: Encoder): Promise<UnpackedLayer> {
@@ -276,7 +276,7 @@ describe('unpackLayer', () => {
     const options = await layerBlob(entries);
     const first = await unpackLayer(options);
     expect((await layerFiles()).sort()).toEqual([`${options.diffId.slice(7)}.json`, `${options.diffId.slice(7)}.tar`]);
-    await rm(options.blobPath);
+    await rm(options.blob);
     const second = await unpackLayer(options);
     expect(second).toEqual(first);
   });

@@ -211,7 +211,7 @@ describe('random and mutated tar layers', () => {
           const blobPath = join(blobs, `${index}-${position}`);
           await writeFile(blobPath, blob);
           const descriptor = { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha256Digest(blob), size: blob.length };
-          unpacked.push(await unpackLayer({ blobPath, descriptor, diffId: sha256Digest(tar), cacheDir }));
+          unpacked.push(await unpackLayer({ blob: blobPath, descriptor, diffId: sha256Digest(tar), cacheDir }));
         }
         await archiveLayers(unpacked);
       });
@@ -314,7 +314,7 @@ describe('mutated OCI layout documents', () => {
         const layers: UnpackedLayer[] = [];
         for (const [position, descriptor] of image.layers.entries()) {
           const blobPath = await store.blobPath(descriptor);
-          layers.push(await unpackLayer({ blobPath, descriptor, diffId: image.config.rootfs.diff_ids[position]!, cacheDir }));
+          layers.push(await unpackLayer({ blob: blobPath, descriptor, diffId: image.config.rootfs.diff_ids[position]!, cacheDir }));
         }
         await archiveLayers(layers);
       });

@@ -68,7 +68,7 @@ async function writeLayer(cacheDir: string, name: string, entries: TarEntrySpec[
   const blobPath = join(workDir, `${name}-${Math.random().toString(16).slice(2)}.tar.gz`);
   await writeFile(blobPath, blob);
   const descriptor = { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha256Digest(blob), size: blob.length };
-  return { blobPath, descriptor, diffId: sha256Digest(tar), cacheDir };
+  return { blob: blobPath, descriptor, diffId: sha256Digest(tar), cacheDir };
 }
 
 async function partBytes(part: ImageArchive): Promise<Buffer> {
