@@ -36,6 +36,8 @@ const work = mkdtempSync(join(tmpdir(), 'rampack-bench-'));
 /** Runs a command under GNU time; returns wall, user+sys CPU and peak RSS of the whole process tree. */
 function timed(command: string, args: string[], env: NodeJS.ProcessEnv = {}): Omit<Measurement, 'pipeline' | 'codec' | 'run' | 'outputMiB'> {
   const report = join(work, 'time.txt');
+  // Every run starts with the previous one's writes on disk, so none pays for another's writeback.
+  execFileSync('sync');
   execFileSync('/usr/bin/time', ['-f', '%e %U %S %M', '-o', report, command, ...args], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...env } });
   const [wall, user, system, rssKiB] = readFileSync(report, 'utf8').trim().split(/\s+/).map(Number);
   return { wallSeconds: wall!, cpuSeconds: user! + system!, peakRssMiB: rssKiB! / 1024 };

@@ -1,15 +1,17 @@
 /**
  * Worker thread: writes one shard of the image's tree as a complete newc
  * archive, compressed as one gzip member or zstd frame, into a file.
+ * Blocking calls are fine here: no event loop but this one waits on them.
  */
 import { createWriteStream } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { parentPort } from 'node:worker_threads';
-import { createCompressor } from '../compress/index.ts';
-import { newcArchive } from '../cpio/writer.ts';
+import { compressBuffer, createCompressor } from '../compress/index.ts';
+import { planNewcArchive } from '../cpio/writer.ts';
 import { RampackError } from '../errors.ts';
 import type { TreeEntry } from '../tree/entry.ts';
-import type { ShardJob, ShardResult } from './archive.ts';
+import { SHARD_BYTES, type ShardJob, type ShardResult } from './archive.ts';
 
 /** Structured cloning turns Buffers into plain Uint8Arrays; the writer wants Buffers. */
 function revive(entry: TreeEntry): TreeEntry {
@@ -20,14 +22,30 @@ function revive(entry: TreeEntry): TreeEntry {
   return entry;
 }
 
+/**
+ * Shards up to this size are built in one buffer, kept for the next shard,
+ * and compressed in one call: zstd then works on contiguous input, and no
+ * stream machinery or buffer is allocated per chunk. A shard holding a
+ * bigger file streams instead, so memory stays bounded.
+ */
+const ONE_SHOT_LIMIT = 2 * SHARD_BYTES;
+let archiveBuffer = Buffer.alloc(0);
+
 async function writeShard(job: ShardJob): Promise<ShardResult> {
-  const archive = newcArchive(job.entries.map(revive), {
+  const plan = planNewcArchive(job.entries.map(revive), {
     clampMtime: job.clampMtime,
     presentDirectories: new Set(job.presentDirectories),
     partialFiles: job.partialFiles,
   });
-  await pipeline(archive, createCompressor(job.compression, job.level), createWriteStream(job.output));
-  return { index: job.index, uncompressedBytes: archive.stats.bytes };
+  if (plan.size > ONE_SHOT_LIMIT) {
+    await pipeline(plan.stream(), createCompressor(job.compression, job.level), createWriteStream(job.output));
+  } else {
+    if (archiveBuffer.length < plan.size) archiveBuffer = Buffer.allocUnsafe(plan.size);
+    const archive = archiveBuffer.subarray(0, plan.size);
+    plan.writeInto(archive);
+    await writeFile(job.output, compressBuffer(job.compression, archive, job.level));
+  }
+  return { index: job.index, uncompressedBytes: plan.size };
 }
 
 parentPort!.on('message', (job: ShardJob) => {

@@ -64,9 +64,9 @@ export interface ImageArchive {
 }
 
 /** Uncompressed bytes per shard: large enough that restarting the codec costs nothing measurable. */
-export const SHARD_BYTES = 32 * 1024 * 1024;
+export const SHARD_BYTES = 16 * 1024 * 1024;
 /** Bumped whenever the archive layout changes, so old cache entries are not reused. */
-const LAYOUT_VERSION = 2;
+const LAYOUT_VERSION = 3;
 
 /** Data identity of an entry: a byte range of a content-addressed layer tar, or the hash of its bytes. */
 function dataIdentity(entry: TreeEntry): string {

@@ -79,7 +79,7 @@ export class ShardWorkers {
 
   #startWorker(): Worker | undefined {
     if (this.#workers.size >= this.#size) return undefined;
-    const worker = new Worker(workerUrl());
+    const worker = new Worker(workerUrl(), { resourceLimits: { maxYoungGenerationSizeMb: 4 } });
     this.#workers.add(worker);
     return worker;
   }

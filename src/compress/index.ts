@@ -38,7 +38,7 @@ export function fileExtension(compression: Compression): string {
 /** A compressing Transform; `level` defaults to gzip 6 / zstd 3. */
 export function createCompressor(compression: Compression, level?: number): Transform {
   if (compression === 'none') {
-    if (level !== undefined) throw new InputError(`compression "none" takes no level (got ${level})`);
+    checkNoLevel(level);
     return new PassThrough();
   }
   const chosen = checkedLevel(compression, level);
@@ -46,13 +46,31 @@ export function createCompressor(compression: Compression, level?: number): Tran
     // Node writes a bare 10-byte header (flags 0, mtime 0): no FNAME/FEXTRA/FCOMMENT/FHCRC.
     return zlib.createGzip({ level: chosen, chunkSize: OUTPUT_CHUNK });
   }
-  return zlib.createZstdCompress({
-    chunkSize: OUTPUT_CHUNK,
-    params: {
-      [zlib.constants.ZSTD_c_compressionLevel]: chosen,
-      [zlib.constants.ZSTD_c_checksumFlag]: 1,
-    },
-  });
+  return zlib.createZstdCompress({ chunkSize: OUTPUT_CHUNK, params: zstdParams(chosen) });
+}
+
+function zstdParams(level: number): Record<number, number> {
+  return { [zlib.constants.ZSTD_c_compressionLevel]: level, [zlib.constants.ZSTD_c_checksumFlag]: 1 };
+}
+
+/**
+ * `data` compressed in one call, as one gzip member or zstd frame: for
+ * callers that hold the whole input (a shard on a worker thread), where
+ * zstd sees it contiguous and no stream machinery runs per chunk.
+ */
+export function compressBuffer(compression: Compression, data: Buffer, level?: number): Buffer {
+  if (compression === 'none') {
+    checkNoLevel(level);
+    return data;
+  }
+  const chosen = checkedLevel(compression, level);
+  return compression === 'gzip'
+    ? zlib.gzipSync(data, { level: chosen, chunkSize: OUTPUT_CHUNK })
+    : zlib.zstdCompressSync(data, { chunkSize: OUTPUT_CHUNK, params: zstdParams(chosen) });
+}
+
+function checkNoLevel(level: number | undefined): void {
+  if (level !== undefined) throw new InputError(`compression "none" takes no level (got ${level})`);
 }
 
 function checkedLevel(compression: keyof typeof LEVELS, level: number | undefined): number {

@@ -8,7 +8,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { InputError } from '../errors.ts';
 import { dataSize, displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
-import { encodeHeader, MAX_NAME_SIZE, MAX_U32, paddingFor, TRAILER_NAME, TYPE_BITS, type NewcHeader } from './newc.ts';
+import { encodeHeader, HEADER_SIZE, MAX_NAME_SIZE, MAX_U32, paddingFor, TRAILER_NAME, TYPE_BITS, type NewcHeader } from './newc.ts';
 
 export interface NewcOptions {
   /** Upper bound for mtimes (e.g. SOURCE_DATE_EPOCH): later ones are lowered to it. */
@@ -68,9 +68,37 @@ interface LinkGroup {
  * anything newc or the kernel cannot represent.
  */
 export function newcArchive(entries: Iterable<TreeEntry>, options: NewcOptions = {}): NewcStream {
+  return planNewcArchive(entries, options).stream();
+}
+
+/** An archive checked and laid out, not yet written: its exact size, and two ways to write it. */
+export interface NewcPlan {
+  /** Bytes of the whole archive, trailer and final padding included. */
+  readonly size: number;
+  /** The archive as a stream, read from the layer files as it is consumed. */
+  stream(): NewcStream;
+  /** Writes the archive into `target` (at least `size` bytes), file data read straight into it. */
+  writeInto(target: Buffer): void;
+}
+
+export function planNewcArchive(entries: Iterable<TreeEntry>, options: NewcOptions = {}): NewcPlan {
   const records = planArchive([...entries], options);
-  const stats: ArchiveStats = { entries: 0, bytes: 0 };
-  return Object.assign(Readable.from(archiveChunks(records, stats, options.partialFiles), { objectMode: false }), { stats });
+  const size = records.reduce((sum, record) => sum + recordSize(record), 0) + recordSize({ name: TRAILER_NAME, header: TRAILER_HEADER });
+  return {
+    size: size + paddingFor(size, ARCHIVE_ALIGNMENT),
+    stream() {
+      const stats: ArchiveStats = { entries: 0, bytes: 0 };
+      return Object.assign(Readable.from(streamChunks(records, stats, options.partialFiles), { objectMode: false }), { stats });
+    },
+    writeInto(target) {
+      writePieces(records, target, options.partialFiles);
+    },
+  };
+}
+
+function recordSize({ name, header }: Pick<PlannedRecord, 'name' | 'header'>): number {
+  const headerAndName = HEADER_SIZE + Buffer.byteLength(name, 'latin1') + 1;
+  return headerAndName + paddingFor(headerAndName) + header.filesize + paddingFor(header.filesize);
 }
 
 function planArchive(entries: TreeEntry[], options: NewcOptions): PlannedRecord[] {
@@ -185,7 +213,29 @@ function archiveMtime(entry: TreeEntry, clampMtime: number | undefined): number 
   return seconds;
 }
 
-async function* archiveChunks(records: readonly PlannedRecord[], stats: ArchiveStats, partialFiles?: ReadonlyMap<string, string>): AsyncGenerator<Buffer> {
+/** The archive in order: bytes as they are, or a file range to read. */
+type Piece = Buffer | { range: FileRange; name: string };
+
+function* archivePieces(records: readonly PlannedRecord[]): Generator<Piece> {
+  let bytes = 0;
+  const piece = (buffer: Buffer) => {
+    bytes += buffer.length;
+    return buffer;
+  };
+  for (const record of records) {
+    yield piece(encodeHeader(record.header, record.name));
+    if (Buffer.isBuffer(record.data)) yield piece(record.data);
+    else if (record.data !== undefined) {
+      bytes += record.data.size;
+      yield { range: record.data, name: record.name };
+    }
+    yield piece(ZEROS.subarray(0, paddingFor(record.header.filesize)));
+  }
+  yield piece(encodeHeader(TRAILER_HEADER, TRAILER_NAME));
+  yield ZEROS.subarray(0, paddingFor(bytes, ARCHIVE_ALIGNMENT));
+}
+
+function* streamChunks(records: readonly PlannedRecord[], stats: ArchiveStats, partialFiles?: ReadonlyMap<string, string>): Generator<Buffer> {
   const ranges = new RangeReader(partialFiles);
   const batcher = new ChunkBatcher(BATCH_BYTES);
   const emit = (chunk: Buffer): Buffer[] => {
@@ -193,19 +243,25 @@ async function* archiveChunks(records: readonly PlannedRecord[], stats: ArchiveS
     return batcher.add(chunk);
   };
   try {
-    for (const record of records) {
-      yield* emit(encodeHeader(record.header, record.name));
-      if (Buffer.isBuffer(record.data)) {
-        yield* emit(record.data);
-      } else if (record.data !== undefined) {
-        for (const chunk of ranges.read(record.data, record.name)) yield* emit(chunk);
-      }
-      yield* emit(ZEROS.subarray(0, paddingFor(record.header.filesize)));
-      stats.entries += 1;
+    for (const piece of archivePieces(records)) {
+      if (Buffer.isBuffer(piece)) yield* emit(piece);
+      else for (const chunk of ranges.read(piece.range, piece.name)) yield* emit(chunk);
     }
-    yield* emit(encodeHeader(TRAILER_HEADER, TRAILER_NAME));
-    yield* emit(ZEROS.subarray(0, paddingFor(stats.bytes, ARCHIVE_ALIGNMENT)));
+    stats.entries = records.length;
     yield* batcher.flush();
+  } finally {
+    ranges.close();
+  }
+}
+
+function writePieces(records: readonly PlannedRecord[], target: Buffer, partialFiles?: ReadonlyMap<string, string>): void {
+  const ranges = new RangeReader(partialFiles);
+  let at = 0;
+  try {
+    for (const piece of archivePieces(records)) {
+      if (Buffer.isBuffer(piece)) at += piece.copy(target, at);
+      else at += ranges.readInto(piece.range, piece.name, target, at);
+    }
   } finally {
     ranges.close();
   }
@@ -242,19 +298,31 @@ class RangeReader {
   }
 
   *read(range: FileRange, entryPath: string): Generator<Buffer> {
-    const descriptor = this.#open(range.file);
     const end = range.offset + range.size;
     for (let position = range.offset; position < end; ) {
       const chunk = Buffer.allocUnsafe(Math.min(READ_CHUNK, end - position));
-      const bytesRead = readSync(descriptor, chunk, 0, chunk.length, position);
-      if (bytesRead === 0) {
-        throw new InputError(
-          `${range.file} ends at byte ${position}, before the end of "${displayPath(entryPath)}" (bytes ${range.offset}-${end}); was it changed while rampack ran?`,
-        );
-      }
+      const bytesRead = this.#readSome(range, entryPath, chunk, 0, position);
       position += bytesRead;
       yield chunk.subarray(0, bytesRead);
     }
+  }
+
+  /** Reads the whole range into `target` at `at`; returns its size. */
+  readInto(range: FileRange, entryPath: string, target: Buffer, at: number): number {
+    for (let done = 0; done < range.size; ) {
+      done += this.#readSome(range, entryPath, target.subarray(at + done, at + range.size), 0, range.offset + done);
+    }
+    return range.size;
+  }
+
+  #readSome(range: FileRange, entryPath: string, into: Buffer, offset: number, position: number): number {
+    const bytesRead = readSync(this.#open(range.file), into, offset, into.length - offset, position);
+    if (bytesRead === 0) {
+      throw new InputError(
+        `${range.file} ends at byte ${position}, before the end of "${displayPath(entryPath)}" (bytes ${range.offset}-${range.offset + range.size}); was it changed while rampack ran?`,
+      );
+    }
+    return bytesRead;
   }
 
   close(): void {
