@@ -5,7 +5,7 @@
  * side, so the ratios are comparable on a noisy machine. Prints a markdown
  * table; `--write` also puts it in docs/performance.md.
  *
- *   node scripts/bench.ts [--rounds N] [--write]
+ *   node scripts/bench.ts [--rounds N] [--pause SECONDS] [--write]
  */
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, appendFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -30,14 +30,19 @@ interface Measurement {
   outputMiB: number;
 }
 
-const { values: flags } = parseArgs({ options: { rounds: { type: 'string', default: '2' }, write: { type: 'boolean', default: false } } });
+const { values: flags } = parseArgs({
+  options: { rounds: { type: 'string', default: '2' }, pause: { type: 'string', default: '15' }, write: { type: 'boolean', default: false } },
+});
 const work = mkdtempSync(join(tmpdir(), 'rampack-bench-'));
 
 /** Runs a command under GNU time; returns wall, user+sys CPU and peak RSS of the whole process tree. */
 function timed(command: string, args: string[], env: NodeJS.ProcessEnv = {}): Omit<Measurement, 'pipeline' | 'codec' | 'run' | 'outputMiB'> {
   const report = join(work, 'time.txt');
-  // Every run starts with the previous one's writes on disk, so none pays for another's writeback.
+  // Every run starts with the previous one's writes on disk and after a pause, so none pays for
+  // another's writeback, or runs on a CPU the previous run left throttled (seen here: the same
+  // build is ~15% slower right after a 20 s run than after 15 s of rest).
   execFileSync('sync');
+  execFileSync('sleep', [flags.pause]);
   execFileSync('/usr/bin/time', ['-f', '%e %U %S %M', '-o', report, command, ...args], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, ...env } });
   const [wall, user, system, rssKiB] = readFileSync(report, 'utf8').trim().split(/\s+/).map(Number);
   return { wallSeconds: wall!, cpuSeconds: user! + system!, peakRssMiB: rssKiB! / 1024 };
@@ -85,7 +90,7 @@ function table(rows: Measurement[]): string {
     const size = median(group.map((r) => r.outputMiB));
     lines.push(`| ${pipeline} | ${codec} | ${run} | ${wall.toFixed(1)} | ${median(group.map((r) => r.cpuSeconds)).toFixed(1)} | ${median(group.map((r) => r.peakRssMiB)).toFixed(0)} | ${size.toFixed(1)} | ${(wall / handWall(codec)).toFixed(2)}x | ${(size / handSize(codec)).toFixed(3)}x |`);
   }
-  return `${lines.join('\n')}\n\nMedians of ${flags.rounds} alternating rounds; ${machine()}.\n`;
+  return `${lines.join('\n')}\n\nMedians of ${flags.rounds} alternating rounds, each run after \`sync\` and a ${flags.pause} s pause; ${machine()}.\n`;
 }
 
 ensureTools(TOOLS.registry, TOOLS.skopeo, TOOLS.umoci, TOOLS.cpio, TOOLS.zstd, TOOLS.gzip, TOOLS.musl, TOOLS.gnuTime);
