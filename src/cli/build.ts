@@ -168,7 +168,7 @@ export function buildCommand(): Command {
     .addOption(new Option('--arch <arch>', 'architecture to build (with recipes: only this one)').choices(ARCHES))
     .addOption(new Option('--compression <codec>', 'initramfs compression').choices(COMPRESSIONS.filter((c) => c !== 'none')))
     .option('--level <n>', 'compression level (gzip 1-9, zstd 1-19)', parseLevel)
-    .option('--shard-size <size>', 'uncompressed data per compressed shard of the image part, e.g. 8MiB (default 32MiB); each shard is compressed on its own core', parseShardSize)
+    .option('--shard-size <size>', 'uncompressed data per compressed shard of the image part, e.g. 8MiB (default 16MiB); shards are compressed in parallel, one per core', parseShardSize)
     .option('--language <name>', 'language name for the manifest (with --image)')
     .option('--version <v>', 'version for the manifest (with --image); with recipes: only this version')
     .option('--env <KEY=VALUE>', 'add or override an environment variable (repeatable)', collect, [])
