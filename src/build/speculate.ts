@@ -12,7 +12,7 @@
  * it needs. A wrong guess (a layer in another order, a late whiteout, a
  * symlinked parent) costs the CPU it took, never correctness.
  */
-import { compareTreePaths, type FileRange, type TreeEntry } from '../tree/entry.ts';
+import { compareTreePaths, parentPath, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import type { LayerEntry } from '../layers/tar-index.ts';
 import type { LayerProgress, UnpackedLayer } from '../layers/unpack.ts';
 import { SHARD_BYTES, shardEntries, shardJobs, shardKeys, type ArchiveSettings, type EarlyShards, type ShardJob, type ShardResult } from './archive.ts';
@@ -45,6 +45,7 @@ export class ShardSpeculator implements EarlyShards {
   /** Data below the frontier when the last round started (see #bytesBelowFrontier). */
   #bytesAtLastRound = 0;
   readonly #dataSums = new WeakMap<readonly LayerEntry[], number[]>();
+  readonly #orders = new LayerOrders();
   /** Once finished: shards started ahead, and how many of them the archive needs. */
   readonly stats = { written: 0, used: 0 };
   #finished = false;
@@ -172,9 +173,9 @@ export class ShardSpeculator implements EarlyShards {
         continue;
       }
       const { entries, tarPath } = state.unpacking;
-      const last = entries.at(-1)?.path;
-      if (last === undefined) return undefined;
-      if (frontier === undefined || compareTreePaths(last, frontier) < 0) frontier = last;
+      const reached = this.#orders.frontier(entries);
+      if (reached === undefined) return undefined;
+      if (frontier === undefined || compareTreePaths(reached, frontier) < 0) frontier = reached;
       layers.push({ diffId: '', tarPath, entries: copy ? entries.slice() : entries });
     }
     return frontier === undefined ? undefined : { layers, frontier };
@@ -217,6 +218,69 @@ export class ShardSpeculator implements EarlyShards {
     return partial;
   }
 }
+
+/** Which orders a layer's entries have kept so far, checked as they arrive. */
+interface LayerOrder {
+  checked: number;
+  walk: boolean;
+  bytewise: boolean;
+  /** Directories of the layer none of whose children came yet. */
+  childless: Set<string>;
+}
+
+/**
+ * Where each unfinished layer stands in walk order. Most layer tars are in
+ * walk order (`tar --sort=name`, Go's directory walks): everything still to
+ * come sorts after the last entry. Some builders sort plain bytewise
+ * (Docker's legacy builder sorts its changes by path): there "usr/lib-x/…"
+ * comes before the children of "usr/lib", which walk order puts first. Until
+ * a pair of entries tells the two apart, a directory seen without children
+ * whose name is followed by such a sibling holds the frontier back. A layer
+ * in neither order gives no frontier.
+ */
+class LayerOrders {
+  readonly #orders = new WeakMap<readonly LayerEntry[], LayerOrder>();
+
+  /** The lowest path (walk order) the rest of the layer can hold, or undefined when unknown. */
+  frontier(entries: readonly LayerEntry[]): string | undefined {
+    const last = entries.at(-1)?.path;
+    if (last === undefined) return undefined;
+    const order = this.#update(entries);
+    if (!order.walk && !order.bytewise) return undefined;
+    if (!order.bytewise) return last;
+    return childrenStillToCome(last, order.childless) ?? last;
+  }
+
+  #update(entries: readonly LayerEntry[]): LayerOrder {
+    let order = this.#orders.get(entries);
+    if (order === undefined) this.#orders.set(entries, (order = { checked: 0, walk: true, bytewise: true, childless: new Set() }));
+    for (; order.checked < entries.length; order.checked++) {
+      const entry = entries[order.checked]!;
+      const previous = entries[order.checked - 1]?.path;
+      if (previous !== undefined) {
+        order.walk &&= compareTreePaths(previous, entry.path) < 0;
+        order.bytewise &&= previous < entry.path;
+      }
+      order.childless.delete(parentPath(entry.path));
+      if (entry.type === 'dir') order.childless.add(entry.path);
+    }
+    return order;
+  }
+}
+
+/**
+ * In a bytewise-sorted stream that reached `last`: the subtree of a
+ * childless directory D where `last` goes on with a byte below "/" after D
+ * ("usr/lib" for "usr/lib-x/y") may still come, and sorts first in walk order.
+ */
+function childrenStillToCome(last: string, childless: ReadonlySet<string>): string | undefined {
+  for (let i = 1; i < last.length; i++) {
+    if (last.charCodeAt(i) < SLASH_CODE && childless.has(last.slice(0, i))) return `${last.slice(0, i)}/`;
+  }
+  return undefined;
+}
+
+const SLASH_CODE = 0x2f;
 
 function isReadable(entry: TreeEntry, readable: ReadonlyMap<string, number>): boolean {
   const data = entry.data as FileRange | Buffer | undefined;

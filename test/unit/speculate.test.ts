@@ -54,7 +54,7 @@ function manyFiles(directory: string, count: number, seed: number): TarEntrySpec
   return [dir(directory), ...Array.from({ length: count }, (_, i) => file(`${directory}/f${i}`, seed + i))];
 }
 
-const BASE = walkOrder([dir('usr'), ...manyFiles('usr/bin', 30, 100), ...manyFiles('usr/lib', 30, 200), ...manyFiles('usr/lib-extra', 10, 300), dir('etc'), file('etc/os-release', 1, 100)]);
+const BASE = walkOrder([dir('usr'), ...manyFiles('usr/bin', 30, 100), ...manyFiles('usr/lib', 30, 200), ...manyFiles('usr/lib-extra', 80, 300), dir('etc'), file('etc/os-release', 1, 100)]);
 const TOOLCHAIN = walkOrder([dir('usr'), dir('usr/lib'), ...manyFiles('usr/lib/lang', 60, 400), dir('usr/share'), ...manyFiles('usr/share/lang', 40, 500)]);
 const PATCH = walkOrder([
   dir('usr'), dir('usr/bin'), file('usr/bin/f3', 999), { name: 'usr/bin/.wh.f4', content: '' },
@@ -108,6 +108,16 @@ describe('shards written while layers unpack', () => {
     expect(stats.used).toBeGreaterThan(0);
     expect(stats.used).toBeLessThanOrEqual(stats.written);
     expect(early.equals(plain)).toBe(true);
+  });
+
+  it('are all used when a layer is in plain bytewise order (as older builders write them)', async () => {
+    // Plain order puts usr/lib-extra before usr/lib/...: the frontier must not pass usr/lib/ early.
+    const bytewise = [...BASE].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    expect(bytewise.map((e) => e.name)).not.toEqual(BASE.map((e) => e.name));
+    const { early, plain, stats } = await buildBothWays([bytewise, TOOLCHAIN, PATCH], [2, 1, 0]);
+    expect(early.equals(plain)).toBe(true);
+    expect(stats.used).toBeGreaterThan(0);
+    expect(stats.used).toBe(stats.written);
   });
 
   it('change no byte when a layer in another order makes the prediction wrong', async () => {
