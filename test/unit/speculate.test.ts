@@ -13,8 +13,8 @@ import { ShardWorkers } from '../../src/build/shard-workers.ts';
 import { ShardSpeculator } from '../../src/build/speculate.ts';
 import { flattenLayers } from '../../src/layers/flatten.ts';
 import { unpackLayer, type UnpackedLayer } from '../../src/layers/unpack.ts';
-import { compareTreePaths } from '../../src/tree/entry.ts';
 import { sha256Digest } from '../../src/util/digest.ts';
+import { GENERATED_BASE as BASE, GENERATED_PATCH as PATCH, GENERATED_TOOLCHAIN as TOOLCHAIN } from '../helpers/generated-layers.ts';
 import { tarBytes, type TarEntrySpec } from '../helpers/oci-builder.ts';
 
 let workDir: string;
@@ -27,40 +27,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await rm(workDir, { recursive: true, force: true });
 });
-
-/** Compressible but not trivial data, different for every seed. */
-function content(seed: number, size: number): Buffer {
-  const words = ['alpha', 'beta', 'gamma', 'delta', 'lambda', 'omega', '\n', ' '];
-  let state = seed * 2654435761;
-  const parts: string[] = [];
-  for (let length = 0; length < size; ) {
-    state = (state * 1103515245 + 12345) >>> 0;
-    const word = words[state % words.length]!;
-    parts.push(word);
-    length += word.length;
-  }
-  return Buffer.from(parts.join('')).subarray(0, size);
-}
-
-const dir = (name: string): TarEntrySpec => ({ name, type: 'directory' });
-const file = (name: string, seed: number, size = 12 * 1024): TarEntrySpec => ({ name, content: content(seed, size) });
-
-/** Sorted the way archives are: a directory, then its subtree. */
-function walkOrder(entries: TarEntrySpec[]): TarEntrySpec[] {
-  return [...entries].sort((a, b) => compareTreePaths(a.name, b.name));
-}
-
-function manyFiles(directory: string, count: number, seed: number): TarEntrySpec[] {
-  return [dir(directory), ...Array.from({ length: count }, (_, i) => file(`${directory}/f${i}`, seed + i))];
-}
-
-const BASE = walkOrder([dir('usr'), ...manyFiles('usr/bin', 30, 100), ...manyFiles('usr/lib', 30, 200), ...manyFiles('usr/lib-extra', 80, 300), dir('etc'), file('etc/os-release', 1, 100)]);
-const TOOLCHAIN = walkOrder([dir('usr'), dir('usr/lib'), ...manyFiles('usr/lib/lang', 60, 400), dir('usr/share'), ...manyFiles('usr/share/lang', 40, 500)]);
-const PATCH = walkOrder([
-  dir('usr'), dir('usr/bin'), file('usr/bin/f3', 999), { name: 'usr/bin/.wh.f4', content: '' },
-  { name: 'usr/bin/f5-link', type: 'link', linkname: 'usr/bin/f5' }, { name: 'usr/lib/lang/.wh..wh..opq', content: '' },
-  file('usr/lib/lang/new', 7), { name: 'usr/lib/lang/current', type: 'symlink', linkname: 'new' },
-]);
 
 async function writeLayer(cacheDir: string, name: string, entries: TarEntrySpec[]) {
   const tar = await tarBytes(entries);
