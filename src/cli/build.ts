@@ -14,10 +14,10 @@ import { inputDigest, selectCells } from '../recipe/plan.ts';
 import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from '../recipe/recipe.ts';
 import { defaultCacheDir } from '../registry/cache.ts';
 import { loadConfigMirrors, mergeMirrors, mirrorsFromFlags } from '../registry/mirrors.ts';
-import { registryEnvironment } from '../registry/environment.ts';
 import { createOutput } from './progress.ts';
+import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
-interface BuildFlags {
+interface BuildFlags extends RegistryFlags {
   image?: string;
   agent?: string;
   arch?: Arch;
@@ -29,10 +29,6 @@ interface BuildFlags {
   env: string[];
   out: string;
   cache?: string;
-  username?: string;
-  passwordStdin?: boolean;
-  caFile?: string;
-  insecureRegistry: string[];
   registryMirror: string[];
   config?: string;
   quiet?: boolean;
@@ -105,12 +101,6 @@ async function recipeTargetsFrom(paths: string[], flags: BuildFlags): Promise<Bu
   return targets;
 }
 
-export async function readPassword(): Promise<string> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
-}
-
 async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   if (paths.length > 0 === Boolean(flags.image)) {
     throw new UsageError('give recipe files or directories, or --image REF --agent FILE, but not both');
@@ -129,12 +119,8 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
     log,
     sourceDateEpoch,
     shardBytes: flags.shardSize,
-    username: flags.username,
-    password: flags.passwordStdin ? await readPassword() : undefined,
-    caFile: flags.caFile && resolve(flags.caFile),
-    insecureRegistries: flags.insecureRegistry,
+    ...(await registryOptionsFrom(flags)),
     mirrors: mergeMirrors(await loadConfigMirrors(flags.config && resolve(flags.config)), mirrorsFromFlags(flags.registryMirror)),
-    ...registryEnvironment(),
   };
   const manifestPath = join(outDir, MANIFEST_FILE);
   const built: ManifestImage[] = [];
@@ -160,7 +146,7 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
 }
 
 export function buildCommand(): Command {
-  return new Command('build')
+  const command = new Command('build')
     .description('build initramfs images from recipes, or from one image given by --image')
     .argument('[recipes...]', 'recipe files, or directories of *.yaml recipes')
     .option('--image <ref>', 'image to build: registry reference (host/repo:tag, @sha256:...), oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker-archive:FILE[:NAME:TAG]')
@@ -173,11 +159,8 @@ export function buildCommand(): Command {
     .option('--version <v>', 'version for the manifest (with --image); with recipes: only this version')
     .option('--env <KEY=VALUE>', 'add or override an environment variable (repeatable)', collect, [])
     .option('--out <dir>', 'output directory for initramfs files and manifest.json', 'out')
-    .option('--cache <dir>', 'blob and layer cache (default: ~/.cache/rampack)')
-    .option('--username <user>', 'registry user name')
-    .option('--password-stdin', 'read the registry password from standard input')
-    .option('--ca-file <pem>', 'extra CA certificates (PEM) to trust for registry TLS')
-    .option('--insecure-registry <host>', 'skip TLS verification for this registry, and allow plain HTTP to it (repeatable)', (host: string, hosts: string[]) => [...hosts, host], [])
+    .option('--cache <dir>', 'blob and layer cache (default: ~/.cache/rampack)');
+  return addRegistryFlags(command)
     .option('--registry-mirror <registry=url>', 'try this mirror before the registry, e.g. docker.io=http://127.0.0.1:5000 (repeatable)', (mirror: string, mirrors: string[]) => [...mirrors, mirror], [])
     .option('--config <file>', 'rampack config file with registryMirrors (default: ~/.config/rampack/config.yaml, if it exists)')
     .option('-q, --quiet', 'print warnings and errors only')

@@ -7,15 +7,13 @@ import { inspectImage, type ImageInspection } from '../inspect/image.ts';
 import { readInitramfs, summarize, type InitramfsSummary } from '../inspect/initramfs.ts';
 import { defaultCacheDir } from '../registry/cache.ts';
 import { formatBytes, lineLogger } from '../util/log.ts';
-import { readPassword } from './build.ts';
 import { columns, printJson, printLines } from './format.ts';
+import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
-interface InspectFlags {
+interface InspectFlags extends RegistryFlags {
   json?: boolean;
   top: number;
   cache?: string;
-  username?: string;
-  passwordStdin?: boolean;
 }
 
 function parseCount(text: string): number {
@@ -90,22 +88,20 @@ async function runInspect(target: string, flags: InspectFlags): Promise<void> {
   const inspection = await inspectImage(target, {
     cacheDir: resolve(flags.cache ?? defaultCacheDir()),
     log: lineLogger({ quiet: true }),
-    username: flags.username,
-    password: flags.passwordStdin ? await readPassword() : undefined,
+    ...(await registryOptionsFrom(flags)),
   });
   if (flags.json) printJson(inspection);
   else printLines(imageReport(inspection));
 }
 
 export function inspectCommand(): Command {
-  return new Command('inspect')
+  const command = new Command('inspect')
     .description('show what an initramfs file holds, or what an image reference resolves to (without building)')
     .argument('<image-or-file>', 'an initramfs file (plain, gzip or zstd), or an image: host/repo:tag, host/repo@sha256:..., oci:DIR[:TAG]')
     .option('--json', 'print the result as JSON on stdout')
     .option('--top <n>', 'how many of the largest files to list', parseCount, 10)
-    .option('--cache <dir>', 'blob cache for registry credentials and downloads (default: ~/.cache/rampack)')
-    .option('--username <user>', 'registry user name')
-    .option('--password-stdin', 'read the registry password from standard input')
+    .option('--cache <dir>', 'blob cache for registry credentials and downloads (default: ~/.cache/rampack)');
+  return addRegistryFlags(command)
     .addHelpText(
       'after',
       `

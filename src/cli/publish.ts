@@ -7,8 +7,9 @@ import { loadSigningKey, SIGNING_KEY_ENV } from '../manifest/sign.ts';
 import { publishToDirectory } from '../publish/directory.ts';
 import { publishToRegistry } from '../publish/registry.ts';
 import { createOutput } from './progress.ts';
+import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
-interface PublishFlags {
+interface PublishFlags extends RegistryFlags {
   to?: string;
   registry?: string;
   key?: string;
@@ -20,6 +21,9 @@ interface PublishFlags {
 async function runPublish(manifest: string, flags: PublishFlags): Promise<void> {
   if (Boolean(flags.to) === Boolean(flags.registry)) throw new UsageError('give one destination: --to DIR or --registry HOST/REPO:TAG');
   if (flags.prune && flags.registry) throw new UsageError('--prune applies to --to DIR; a registry collects unreferenced blobs itself');
+  if (!flags.registry && (flags.username || flags.passwordStdin || flags.caFile || flags.insecureRegistry.length > 0)) {
+    throw new UsageError('--username, --password-stdin, --ca-file and --insecure-registry apply to --registry only');
+  }
   const signingKey = flags.key || process.env[SIGNING_KEY_ENV] ? await loadSigningKey(flags.key) : undefined;
   const output = createOutput(flags);
   const log = output.log;
@@ -32,7 +36,8 @@ async function runPublish(manifest: string, flags: PublishFlags): Promise<void> 
       run: async (reporter) => {
         reporter.start('publish');
         if (flags.registry) {
-          const digest = await publishToRegistry(resolve(manifest), parseImageReference(flags.registry), { signingKey, log, push: { log } });
+          const push = { log, ...(await registryOptionsFrom(flags)) };
+          const digest = await publishToRegistry(resolve(manifest), parseImageReference(flags.registry), { signingKey, log, push });
           result = { reference: flags.registry, digest };
           reporter.end('publish', `${flags.registry} (${digest})`);
         } else {
@@ -47,15 +52,16 @@ async function runPublish(manifest: string, flags: PublishFlags): Promise<void> 
 }
 
 export function publishCommand(): Command {
-  return new Command('publish')
+  const command = new Command('publish')
     .description('publish a manifest and its initramfs files: to a directory (content-addressed files, manifest last) or to a registry as one OCI artifact')
     .argument('[manifest]', 'manifest to publish', 'out/manifest.json')
     .option('--to <dir>', 'destination directory (what a static web server or object store sync serves)')
-    .option('--registry <ref>', 'destination registry repository and tag, HOST/REPO:TAG (credentials from docker login)')
+    .option('--registry <ref>', 'destination registry repository and tag, HOST/REPO:TAG (credentials from --username/--password-stdin, else docker login)')
     .option('--key <file>', `sign the published manifest with this private key (default: ${SIGNING_KEY_ENV} when set)`)
     .option('--prune', 'with --to: remove files the new manifest does not name (readers of older manifests lose them)')
     .option('-q, --quiet', 'print warnings and errors only')
-    .option('-v, --verbose', 'print more detail')
+    .option('-v, --verbose', 'print more detail');
+  return addRegistryFlags(command)
     .addHelpText(
       'after',
       `

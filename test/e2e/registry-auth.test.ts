@@ -292,24 +292,52 @@ describe('the CLI with registry flags', () => {
     agent = await buildTestAgent('x86_64');
   });
 
-  function build(reference: string, extra: string[], options: { env?: NodeJS.ProcessEnv; input?: string } = {}) {
+  async function build(reference: string, extra: string[], options: { env?: NodeJS.ProcessEnv; input?: string } = {}) {
     const out = mkdtempSync(join(work, 'out-'));
     const args = ['build', '--image', reference, '--agent', agent, '--out', out, '--cache', mkdtempSync(join(work, 'cli-cache-')), '--verbose', ...extra];
-    return runRampack(args, { env: { DOCKER_CONFIG: mkdtempSync(join(work, 'docker-config-')), RAMPACK_RETRY_BASE_MS: '10', ...options.env }, input: options.input });
+    const env = { DOCKER_CONFIG: mkdtempSync(join(work, 'docker-config-')), RAMPACK_RETRY_BASE_MS: '10', ...options.env };
+    return { ...(await runRampack(args, { env, input: options.input })), out };
   }
 
-  it('takes --ca-file and --insecure-registry, and HTTPS_PROXY from the environment', async () => {
+  it('takes --ca-file and --insecure-registry (build and inspect), and HTTPS_PROXY from the environment', async () => {
     const untrusted = await build(`${tlsRegistry.host}/tls/app:1.0`, []);
     expect(untrusted.code).toBe(4);
     expect(untrusted.stderr).toContain('is not trusted');
     expect((await build(`${tlsRegistry.host}/tls/app:1.0`, ['--ca-file', caFile])).code).toBe(0);
     expect((await build(`${tlsRegistry.host}/tls/app:1.0`, ['--insecure-registry', tlsRegistry.host])).code).toBe(0);
+    const inspect = (extra: string[]) => runRampack(['inspect', `${tlsRegistry.host}/tls/app:1.0`, '--cache', mkdtempSync(join(work, 'cli-cache-')), ...extra]);
+    expect((await inspect([])).code).toBe(4);
+    expect((await inspect(['--ca-file', caFile])).code).toBe(0);
 
     const proxy = await startForwardProxy();
     running.push(proxy);
     const proxied = await build(`${tlsRegistry.host}/tls/app:1.0`, ['--ca-file', caFile], { env: { HTTPS_PROXY: proxy.url, NO_PROXY: '' } });
     expect(proxied.code).toBe(0);
     expect(proxy.requests).toContain(`CONNECT ${tlsRegistry.host}`);
+  });
+
+  it('publish takes the same flags: --ca-file, --insecure-registry, --username with --password-stdin', async () => {
+    const built = await build(`${tlsRegistry.host}/tls/app:1.0`, ['--ca-file', caFile, '--language', 'app', '--version', '1.0']);
+    expect(built.code, built.stderr).toBe(0);
+    const manifest = join(built.out, 'manifest.json');
+    const publish = (reference: string, extra: string[], input?: string) =>
+      runRampack(['publish', manifest, '--registry', reference, ...extra], { env: { DOCKER_CONFIG: mkdtempSync(join(work, 'docker-config-')), RAMPACK_RETRY_BASE_MS: '10' }, input });
+
+    const untrusted = await publish(`${tlsRegistry.host}/tls/initramfs:1`, []);
+    expect(untrusted.code).toBe(4);
+    expect(untrusted.stderr).toContain('is not trusted');
+    expect((await publish(`${tlsRegistry.host}/tls/initramfs:1`, ['--ca-file', caFile])).code).toBe(0);
+    expect((await publish(`${tlsRegistry.host}/tls/initramfs:2`, ['--insecure-registry', tlsRegistry.host])).code).toBe(0);
+
+    const denied = await publish(`${tokenRegistry.host}/private/initramfs:1`, []);
+    expect(denied.code).toBe(4);
+    const allowed = await publish(`${tokenRegistry.host}/private/initramfs:1`, ['--username', USER, '--password-stdin'], `${PASSWORD}\n`);
+    expect(allowed.code, allowed.stderr).toBe(0);
+    expect(JSON.parse(allowed.stdout)).toMatchObject({ reference: `${tokenRegistry.host}/private/initramfs:1` });
+
+    const misplaced = await runRampack(['publish', manifest, '--to', join(work, 'site'), '--ca-file', caFile]);
+    expect(misplaced.code).toBe(2);
+    expect(misplaced.stderr).toContain('apply to --registry only');
   });
 
   it('keeps the password and tokens out of verbose logs, errors and redirected hosts', async () => {
