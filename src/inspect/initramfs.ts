@@ -6,7 +6,8 @@
  * `verify --boot`.
  */
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { createDecompressor, detectCompression, isCorruptStreamError, type Compression } from '../compress/index.ts';
 import { CRC_MAGIC, decodeHeaderFields, entryTypeOf, HEADER_SIZE, NEWC_MAGIC, paddingFor, TRAILER_NAME } from '../cpio/newc.ts';
 import { readNewcArchive, type CpioRecord } from '../cpio/reader.ts';
@@ -50,40 +51,72 @@ export interface InitramfsContents {
   imageJson?: unknown;
 }
 
-/** Where the uncompressed archives at the start of `bytes` end (0 when it starts compressed). */
-function plainArchivesEnd(bytes: Buffer): number {
-  let offset = 0;
-  for (;;) {
-    while (bytes[offset] === 0) offset++;
-    const magic = bytes.toString('latin1', offset, offset + NEWC_MAGIC.length);
-    if (magic !== NEWC_MAGIC && magic !== CRC_MAGIC) return offset;
-    offset = archiveEnd(bytes, offset);
+/** An initramfs file read by position: only the headers of its uncompressed start are looked at. */
+class PositionalFile {
+  readonly handle: FileHandle;
+  readonly size: number;
+
+  constructor(handle: FileHandle, size: number) {
+    this.handle = handle;
+    this.size = size;
+  }
+
+  /** Up to `length` bytes at `position` (fewer at the end of the file). */
+  async read(position: number, length: number): Promise<Buffer> {
+    const { buffer, bytesRead } = await this.handle.read(Buffer.alloc(length), 0, length, position);
+    return buffer.subarray(0, bytesRead);
   }
 }
 
+/** Bytes looked at per read while skipping the NUL padding between archives. */
+const NUL_SCAN_BYTES = 4096;
+
+/** Where the uncompressed archives at the start of the file end (0 when it starts compressed). */
+async function plainArchivesEnd(file: PositionalFile): Promise<number> {
+  let offset = 0;
+  for (;;) {
+    offset = await skipNulBytes(file, offset);
+    const magic = (await file.read(offset, NEWC_MAGIC.length)).toString('latin1');
+    if (magic !== NEWC_MAGIC && magic !== CRC_MAGIC) return offset;
+    offset = await archiveEnd(file, offset);
+  }
+}
+
+async function skipNulBytes(file: PositionalFile, start: number): Promise<number> {
+  for (let offset = start; offset < file.size; offset += NUL_SCAN_BYTES) {
+    const bytes = await file.read(offset, NUL_SCAN_BYTES);
+    const data = bytes.findIndex((byte) => byte !== 0);
+    if (data >= 0) return offset + data;
+  }
+  return file.size;
+}
+
 /** The offset after the trailer of the archive at `start`; the file's end when it is cut short (the reader then says where). */
-function archiveEnd(bytes: Buffer, start: number): number {
+async function archiveEnd(file: PositionalFile, start: number): Promise<number> {
   let offset = start;
-  while (offset + HEADER_SIZE <= bytes.length) {
-    const fields = decodeHeaderFields(bytes.subarray(offset, offset + HEADER_SIZE));
+  while (offset + HEADER_SIZE <= file.size) {
+    const fields = decodeHeaderFields(await file.read(offset, HEADER_SIZE));
     if ('badField' in fields) break;
     const nameStart = offset + HEADER_SIZE;
-    const name = bytes.toString('latin1', nameStart, nameStart + fields.namesize - 1);
+    const name = (await file.read(nameStart, Math.max(0, fields.namesize - 1))).toString('latin1');
     const dataStart = nameStart + fields.namesize + paddingFor(HEADER_SIZE + fields.namesize);
     offset = dataStart + fields.filesize + paddingFor(fields.filesize);
     if (name === TRAILER_NAME) return offset;
   }
-  return bytes.length;
+  return file.size;
 }
 
-/** The newc bytes of the whole file: plain part, then the compressed part decompressed. */
-async function* newcBytes(bytes: Buffer, plainEnd: number, codec: Compression | undefined, counter: { bytes: number }): AsyncGenerator<Buffer> {
-  counter.bytes += plainEnd;
-  yield bytes.subarray(0, plainEnd);
+/** The newc bytes of the whole file, streamed: plain part, then the compressed part decompressed. */
+async function* newcBytes(path: string, plainEnd: number, codec: Compression | undefined, counter: { bytes: number }): AsyncGenerator<Buffer> {
+  if (plainEnd > 0) {
+    for await (const chunk of createReadStream(path, { end: plainEnd - 1 }) as AsyncIterable<Buffer>) {
+      counter.bytes += chunk.length;
+      yield chunk;
+    }
+  }
   if (codec === undefined) return;
-  const decompressor = createDecompressor(codec);
-  decompressor.end(bytes.subarray(plainEnd));
-  for await (const chunk of decompressor as AsyncIterable<Buffer>) {
+  const decompressed = createReadStream(path, { start: plainEnd }).pipe(createDecompressor(codec));
+  for await (const chunk of decompressed as AsyncIterable<Buffer>) {
     counter.bytes += chunk.length;
     yield chunk;
   }
@@ -122,20 +155,31 @@ function fileError(file: string, error: unknown): never {
   throw error;
 }
 
-/** Reads every entry of an initramfs file (contents hashed, not kept, but for image.json). */
+/** Reads every entry of an initramfs file, streamed (contents hashed, not kept, but for image.json). */
 export async function readInitramfs(file: string): Promise<InitramfsContents> {
-  const bytes = await readFile(file).catch((error: NodeJS.ErrnoException) => {
+  const handle = await open(file).catch((error: NodeJS.ErrnoException) => {
     throw new InputError(`cannot read ${file}: ${error.code ?? error.message}`, { hint: 'pass an initramfs file, or an image reference' });
   });
-  const plainEnd = plainArchivesEnd(bytes);
-  const codec = plainEnd < bytes.length ? detectCompression(bytes.subarray(plainEnd, plainEnd + 4)) : undefined;
-  const compression: Compression[] = [...(plainEnd > 0 ? ['none' as const] : []), ...(codec && codec !== 'none' ? [codec] : [])];
-  const counter = { bytes: 0 };
+  try {
+    const positional = new PositionalFile(handle, (await handle.stat()).size);
+    const plainEnd = await plainArchivesEnd(positional);
+    const codec = plainEnd < positional.size ? detectCompression(await positional.read(plainEnd, 4)) : undefined;
+    const compression: Compression[] = [...(plainEnd > 0 ? ['none' as const] : []), ...(codec && codec !== 'none' ? [codec] : [])];
+    const counter = { bytes: 0 };
+    const { entries, imageJson } = await readEntries(file, newcBytes(file, plainEnd, codec, counter));
+    return { file, size: positional.size, compression, uncompressedSize: counter.bytes, entries, imageJson };
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Every entry (a later one of the same path replacing an earlier one), sorted, and image.json. */
+async function readEntries(file: string, newc: AsyncIterable<Buffer>): Promise<Pick<InitramfsContents, 'entries' | 'imageJson'>> {
   const byPath = new Map<string, InitramfsEntry>();
   const links = new Map<string, InitramfsEntry[]>();
   let imageJson: unknown;
   try {
-    for await (const record of readNewcArchive(newcBytes(bytes, plainEnd, codec, counter))) {
+    for await (const record of readNewcArchive(newc)) {
       const entry = toEntry(record);
       byPath.set(entry.path, entry);
       if (record.nlink > 1 && entry.type === 'file') {
@@ -149,7 +193,7 @@ export async function readInitramfs(file: string): Promise<InitramfsContents> {
   }
   shareHardLinkData(links);
   const entries = [...byPath.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  return { file, size: bytes.length, compression, uncompressedSize: counter.bytes, entries, imageJson };
+  return { entries, imageJson };
 }
 
 function parseImageJson(data: Buffer, file: string): unknown {
