@@ -28,7 +28,7 @@ export interface RegistryOptions extends TransportOptions {
   retryBaseMs?: number;
   /** Stop retrying a request that has been failing this long (default 2 min). */
   maxRetryTimeMs?: number;
-  /** Called with each chunk's size as a layer downloads (for progress display). */
+  /** Called with each chunk's size as a layer downloads (for progress display); negative when a download starts over. */
   onBlobBytes?: (digest: string, bytes: number) => void;
 }
 
@@ -120,7 +120,11 @@ export class RegistryStore implements ContentStore {
           return blob.received;
         },
         append: (chunks) => blob.append(this.counted(digest, chunks)),
-        restart: () => blob.restart(),
+        restart: () => {
+          // The bytes so far are thrown away: take them back from the progress count.
+          this.onBlobBytes?.(digest, -blob.received);
+          return blob.restart();
+        },
       });
     });
   }

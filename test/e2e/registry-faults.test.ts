@@ -115,10 +115,14 @@ describe('downloading a layer over a bad connection', () => {
     ];
     const faulty = await proxy({ faults });
     const lines: string[] = [];
-    const path = await storeFor(faulty.host, { log: collectingLogger(lines) }).blobPath(base!);
+    let downloaded = 0;
+    const onBlobBytes = (_digest: string, bytes: number) => (downloaded += bytes);
+    const path = await storeFor(faulty.host, { log: collectingLogger(lines), onBlobBytes }).blobPath(base!);
     expect(`sha256:${sha256(readFileSync(path))}`).toBe(base!.digest);
     expect(faulty.injected.map((fault) => fault.fault)).toEqual(['reset', 'ignore-range']);
     expect(lines.join('\n')).toContain('cannot resume at byte');
+    // Progress never passes the blob's size: the bytes thrown away are taken back.
+    expect(downloaded).toBe(base!.size);
   });
 
   it('retries 500, 503 and 429, waiting as long as Retry-After says', async () => {
