@@ -16,8 +16,8 @@ interface CommandSpec {
   name: string;
   description: string;
   options: OptionSpec[];
-  /** Names of its own subcommands (`manifest merge|sign|verify`). */
-  subcommands: string[];
+  /** Its own subcommands (`manifest merge|sign|verify`), with their options. */
+  subcommands: { name: string; options: OptionSpec[] }[];
 }
 
 const HELP: OptionSpec = { flags: ['-h', '--help'], description: 'display help', takesValue: false, choices: [] };
@@ -31,6 +31,8 @@ function optionSpec(option: Option): OptionSpec {
   };
 }
 
+const subcommandNames = (command: CommandSpec) => command.subcommands.map((subcommand) => subcommand.name).join(' ');
+
 function commandSpecs(root: Command): { global: OptionSpec[]; commands: CommandSpec[] } {
   return {
     global: [...root.options.map(optionSpec), HELP],
@@ -38,7 +40,7 @@ function commandSpecs(root: Command): { global: OptionSpec[]; commands: CommandS
       name: command.name(),
       description: command.description(),
       options: [...command.options.map(optionSpec), HELP],
-      subcommands: command.commands.map((subcommand) => subcommand.name()),
+      subcommands: command.commands.map((subcommand) => ({ name: subcommand.name(), options: [...subcommand.options.map(optionSpec), HELP] })),
     })),
   };
 }
@@ -52,21 +54,24 @@ function bash(root: Command): string {
   const { global, commands } = commandSpecs(root);
   const words = (options: OptionSpec[]) => options.flatMap((option) => option.flags).join(' ');
   const choiceCases = commands
-    .flatMap((command) => command.options)
+    .flatMap((command) => [...command.options, ...command.subcommands.flatMap((subcommand) => subcommand.options)])
     .concat(global)
     .filter((option) => option.choices.length > 0)
     .map((option) => `    ${option.flags.join('|')}) COMPREPLY=($(compgen -W '${option.choices.join(' ')}' -- "$cur")); return ;;`);
-  const commandCases = commands.map((command) => `    ${command.name}) opts='${words(command.options)}' subs='${command.subcommands.join(' ')}' ;;`);
+  const commandCases = commands.flatMap((command) => [
+    ...command.subcommands.map((subcommand) => `    '${command.name} ${subcommand.name}') opts='${words(subcommand.options)}' ;;`),
+    `    ${command.name}*) opts='${words(command.options)}' subs='${subcommandNames(command)}' ;;`,
+  ]);
   return `# bash completion for rampack: source <(rampack completion bash)
 _rampack() {
-  local cur=\${COMP_WORDS[COMP_CWORD]} prev=\${COMP_WORDS[COMP_CWORD-1]} command= word opts subs=
+  local cur=\${COMP_WORDS[COMP_CWORD]} prev=\${COMP_WORDS[COMP_CWORD-1]} command= sub= word opts subs=
   for word in "\${COMP_WORDS[@]:1:COMP_CWORD-1}"; do
-    case $word in -*) ;; *) command=$word; break ;; esac
+    case $word in -*) ;; *) if [[ -z $command ]]; then command=$word; elif [[ -z $sub ]]; then sub=$word; fi ;; esac
   done
   case $prev in
 ${[...new Set(choiceCases)].join('\n')}
   esac
-  case $command in
+  case "$command $sub" in
 ${commandCases.join('\n')}
     *) opts='${commands.map((command) => command.name).join(' ')} ${words(global)}' ;;
   esac
@@ -92,7 +97,9 @@ function zsh(root: Command): string {
   const { global, commands } = commandSpecs(root);
   const commandCases = commands.map((command) =>
     command.subcommands.length > 0
-      ? `    (${command.name}) if (( CURRENT == 3 )); then _values subcommand ${command.subcommands.join(' ')}; else _files; fi ;;`
+      ? `    (${command.name}) if (( CURRENT == 3 )); then _values subcommand ${subcommandNames(command)}; else case $words[3] in ${command.subcommands
+          .map((subcommand) => `(${subcommand.name}) _arguments ${subcommand.options.map(zshArgument).join(' ')} '*:file:_files' ;;`)
+          .join(' ')} esac; fi ;;`
       : `    (${command.name}) _arguments ${command.options.map(zshArgument).join(' ')} '*:file:_files' ;;`,
   );
   return `#compdef rampack
@@ -128,7 +135,12 @@ function fish(root: Command): string {
     ...commands.flatMap((command) => command.options.map((option) => fishOption(`__fish_seen_subcommand_from ${command.name}`, option))),
     ...commands
       .filter((command) => command.subcommands.length > 0)
-      .map((command) => `complete -c rampack -f -n '__fish_seen_subcommand_from ${command.name}' -a '${command.subcommands.join(' ')}'`),
+      .map((command) => `complete -c rampack -f -n '__fish_seen_subcommand_from ${command.name}' -a '${subcommandNames(command)}'`),
+    ...commands.flatMap((command) =>
+      command.subcommands.flatMap((subcommand) =>
+        subcommand.options.map((option) => fishOption(`__fish_seen_subcommand_from ${command.name}; and __fish_seen_subcommand_from ${subcommand.name}`, option)),
+      ),
+    ),
     '',
   ].join('\n');
 }

@@ -299,9 +299,12 @@ describe('help, completion and exit codes', () => {
     expect(completed).toBe('--arch\nx86_64 aarch64\n');
     const nested = execFileSync('bash', ['-c', `${bash.stdout}\nCOMP_WORDS=(rampack manifest ''); COMP_CWORD=2; _rampack; echo "\${COMPREPLY[@]}"`]).toString();
     expect(nested).toBe('merge sign verify\n');
+    const nestedOptions = execFileSync('bash', ['-c', `${bash.stdout}\nCOMP_WORDS=(rampack manifest merge --o); COMP_CWORD=3; _rampack; echo "\${COMPREPLY[@]}"`]).toString();
+    expect(nestedOptions).toBe('--out\n');
     const zsh = (await rampack(['completion', 'zsh'])).stdout;
     expect(zsh).toMatch(/^#compdef rampack\n[\s\S]*'\(-q --quiet\)'\{-q,--quiet\}/);
     expect(zsh).toContain('(manifest) if (( CURRENT == 3 )); then _values subcommand merge sign verify;');
+    expect(zsh).toMatch(/\(merge\) _arguments '--out\[/);
     execFileSync('zsh', ['-n'], { input: zsh });
     const fish = (await rampack(['completion', 'fish'])).stdout;
     expect(fish).toContain("complete -c rampack -n '__fish_seen_subcommand_from verify' -l smoke -r");
@@ -312,6 +315,8 @@ describe('help, completion and exit codes', () => {
     // fish answers completions itself: ask it, with the script loaded.
     const fishAnswers = execFileSync('fish', ['-c', `source ${fishScript}; complete -C 'rampack build --arch '`]).toString();
     expect(fishAnswers.split('\n').map((line) => line.split('\t')[0])).toEqual(expect.arrayContaining(['x86_64', 'aarch64']));
+    const fishNested = execFileSync('fish', ['-c', `source ${fishScript}; complete -C 'rampack manifest sign --'`]).toString();
+    expect(fishNested.split('\n').map((line) => line.split('\t')[0])).toContain('--key');
   });
 
   it('exits 2 for usage errors', async () => {
