@@ -48,6 +48,15 @@ export function wantsTaskView(flags: LoggerOptions): boolean {
   return process.stderr.isTTY === true && process.env.TERM !== 'dumb' && !isCI() && !flags.quiet && !flags.verbose;
 }
 
+/**
+ * listr2 colors with util.styleText, which asks whether stdout is a terminal;
+ * the task view is drawn on stderr, which is (`--json > file` redirects only
+ * stdout). NO_COLOR and an explicit FORCE_COLOR still decide.
+ */
+function colorsFollowStderr(): void {
+  if (process.env.NO_COLOR === undefined && process.env.FORCE_COLOR === undefined && !process.stdout.isTTY) process.env.FORCE_COLOR = '1';
+}
+
 export function createOutput(flags: OutputFlags): Output {
   if (!wantsTaskView(flags)) {
     const log = lineLogger(flags);
@@ -55,6 +64,7 @@ export function createOutput(flags: OutputFlags): Output {
   }
   // Under the task view only warnings are logged: listr2 holds them back while it draws and prints them after.
   const log = lineLogger({ quiet: true });
+  colorsFollowStderr();
   return { taskView: true, log, runJobs: runWithTaskView };
 }
 

@@ -43,9 +43,11 @@ function cleanEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
 }
 
 /** Runs rampack on a pseudo-terminal (stdin, stdout and stderr all on it), 120 columns wide. */
-function runInTerminal(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+/** Runs the CLI in a pseudo-terminal; `stdoutTo` sends its stdout to a file instead (stderr stays on the terminal). */
+function runInTerminal(args: string[], env: NodeJS.ProcessEnv = {}, stdoutTo?: string): Promise<CliResult> {
   const quote = (word: string) => `'${word.replace(/'/g, `'\\''`)}'`;
-  const command = `stty cols 120 rows 50; ${[process.execPath, MAIN, ...args].map(quote).join(' ')}`;
+  const redirect = stdoutTo === undefined ? '' : ` > ${quote(stdoutTo)}`;
+  const command = `stty cols 120 rows 50; ${[process.execPath, MAIN, ...args].map(quote).join(' ')}${redirect}`;
   // script exits with the command's status; execFile rejects on non-zero, carrying the output.
   return run('script', ['-qfec', command, '/dev/null'], { cwd: REPO_ROOT, env: cleanEnv(env) }).then(
     ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
@@ -153,6 +155,15 @@ describe('build progress', () => {
     expect(plain.code).toBe(0);
     expect(plain.stderr).toMatch(/^\S+ info publish \S+: publish: 0 files copied, 1 already there in \d/m);
     expect(plain.stderr).not.toContain(ESCAPE);
+  });
+
+  it('colors the task view on a terminal even when stdout goes to a file', async () => {
+    const json = join(work, 'built.json');
+    const result = await runInTerminal([...buildArgs(layoutV1, join(work, 'out-tty-json')), '--json'], {}, json);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain('✔');
+    expect(result.stdout).toMatch(COLOR);
+    expect((JSON.parse(readFileSync(json, 'utf8')) as { images: unknown[] }).images).toHaveLength(1);
   });
 
   it('NO_COLOR keeps the task view but drops the colors', async () => {
