@@ -16,13 +16,14 @@ import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, readFile, rename, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createCompressor, fileExtension, type Compression } from '../compress/index.ts';
 import { newcArchive } from '../cpio/writer.ts';
 import { RampackError } from '../errors.ts';
 import { dataSize, type TreeEntry } from '../tree/entry.ts';
 import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
+import { DigestingStream, digestHex } from '../util/digest.ts';
 import { TOOL_VERSION } from '../version.ts';
 import type { ShardWorkers } from './shard-workers.ts';
 
@@ -168,7 +169,7 @@ export interface EarlyShards {
 }
 
 /** A shard's uncompressed size: written early when it was, else now; an early failure is written again so a real error comes from the final tree. */
-async function writeShard(job: ShardJob, workers: ShardWorkers, early?: EarlyShards): Promise<number> {
+async function writtenShardSize(job: ShardJob, workers: ShardWorkers, early?: EarlyShards): Promise<number> {
   const written = await early?.take(job.key);
   return shardOutcome(written && !written.error ? Promise.resolve(written) : workers.run(job));
 }
@@ -201,7 +202,7 @@ export async function imageArchive(
   const jobs = await shardJobs(shards, keys, settings, workers);
   let done = 0;
   const written = jobs.map(async (job) => {
-    const bytes = await writeShard(job, workers, early);
+    const bytes = await writtenShardSize(job, workers, early);
     onProgress((done += bytes));
     return bytes;
   });
@@ -246,20 +247,6 @@ async function cacheImagePart(base: ImageArchive, cacheDir: string): Promise<voi
   );
   const record: CachedImagePart = { uncompressedBytes: await base.uncompressedBytes, shards };
   await writeFileAtomically(imagePartRecordPath(cacheDir, base.key), JSON.stringify(record));
-}
-
-/** Counts and hashes the bytes that flow through. */
-class Measure extends Transform {
-  bytes = 0;
-  private readonly hash = createHash('sha256');
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    this.bytes += chunk.length;
-    this.hash.update(chunk);
-    done(null, chunk);
-  }
-  digestHex(): string {
-    return this.hash.digest('hex');
-  }
 }
 
 export interface WrittenInitramfs {
@@ -311,7 +298,7 @@ export async function writeInitramfs(
   const recordPath = outputRecordPath(cacheDir, path);
   const previous = await unchangedOutput(recordPath, path, base.key, addedSha256);
   if (previous) return { ...previous, unchanged: true };
-  const measure = new Measure();
+  const measure = new DigestingStream();
   async function* chunks() {
     // Each shard goes out as soon as it and those before it are written.
     for (const part of base.parts) yield* createReadStream(await part);
@@ -319,7 +306,7 @@ export async function writeInitramfs(
   }
   await writeAtomically(path, (temporary) => pipeline(Readable.from(chunks()), measure, createWriteStream(temporary)));
   if (!base.fromCache) await cacheImagePart(base, cacheDir);
-  const result = { sha256: measure.digestHex(), size: measure.bytes, uncompressedBytes: (await base.uncompressedBytes) + overlay.stats.bytes };
+  const result = { sha256: digestHex(measure.digest()), size: measure.size, uncompressedBytes: (await base.uncompressedBytes) + overlay.stats.bytes };
   const written = await stat(path);
   const record: OutputRecord = { baseKey: base.key, addedSha256, size: written.size, mtimeMs: written.mtimeMs, ino: written.ino, result };
   await writeFileAtomically(recordPath, JSON.stringify(record));

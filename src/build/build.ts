@@ -19,7 +19,7 @@ import { flattenLayers, type FlattenResult } from '../layers/flatten.ts';
 import { unpackImageLayers, type LayerProgress, type UnpackedLayer } from '../layers/unpack.ts';
 import type { ManifestImage } from '../manifest/manifest.ts';
 import type { BuildTarget } from '../recipe/recipe.ts';
-import { applyTreeOptions } from '../recipe/tree-options.ts';
+import { applyTreeOptions, extraFileReader } from '../recipe/tree-options.ts';
 import { dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
 import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
 import { formatBytes, silentLogger, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
@@ -117,9 +117,10 @@ interface ComposedTree {
 type ComposeTree = (layers: UnpackedLayer[], log: Logger) => Promise<ComposedTree>;
 
 function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, agentSha256: string, mtime: number, label: string): ComposeTree {
+  const read = extraFileReader(target.origin);
   return async (layers, log) => {
     const flat = flattenLayers(layers);
-    const tree = await applyTreeOptions(flat.entries, target, { mtime, log, label });
+    const tree = await applyTreeOptions(flat.entries, target, { mtime, log, label, read });
     const injected = injectAgent(tree, {
       image,
       language: target.language,

@@ -12,7 +12,7 @@
  * it needs. A wrong guess (a layer in another order, a late whiteout, a
  * symlinked parent) costs the CPU it took, never correctness.
  */
-import { compareTreePaths, parentPath, type FileRange, type TreeEntry } from '../tree/entry.ts';
+import { compareTreePaths, parentPath, SLASH_CODE, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import type { LayerEntry } from '../layers/tar-index.ts';
 import type { LayerProgress, UnpackedLayer } from '../layers/unpack.ts';
 import { SHARD_BYTES, shardEntries, shardJobs, shardKeys, type ArchiveSettings, type EarlyShards, type ShardJob, type ShardResult } from './archive.ts';
@@ -279,8 +279,6 @@ function childrenStillToCome(last: string, childless: ReadonlySet<string>): stri
   }
   return undefined;
 }
-
-const SLASH_CODE = 0x2f;
 
 function isReadable(entry: TreeEntry, readable: ReadonlyMap<string, number>): boolean {
   const data = entry.data as FileRange | Buffer | undefined;

@@ -4,11 +4,11 @@
  * beside an index of its entries (`<diffid>.json`). Later stages read file data from the .tar by offset, and
  * warm rebuilds reuse both files without touching the blob.
  */
-import { createHash, type Hash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { Readable, Transform, type TransformCallback } from 'node:stream';
+import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createDecompressor, detectCompression, isCorruptStreamError } from '../compress/index.ts';
 import { DownloadRestartedError, InputError, VerificationError } from '../errors.ts';
@@ -16,7 +16,7 @@ import type { IncomingBlob } from '../image/source.ts';
 import type { Descriptor } from '../image/types.ts';
 import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
 import { mapConcurrent } from '../util/concurrency.ts';
-import { digestHex } from '../util/digest.ts';
+import { digestHex, DigestingStream } from '../util/digest.ts';
 import { SparseFileWriter } from './sparse-file.ts';
 import { type LayerEntry, TarIndexer, tarIndexStream } from './tar-index.ts';
 
@@ -54,8 +54,6 @@ export interface LayerProgress {
   readonly partialPath: string;
   /** Leading bytes of the tar that can be read back. */
   readableBytes: number;
-  /** No more entries will come (the tar may still be renamed later). */
-  indexed: boolean;
 }
 
 /** Bumped whenever the index layout changes, so old cache files are redone. */
@@ -158,7 +156,7 @@ async function decompressAndIndex(
   const compressed = source.verified ? undefined : new DigestingStream();
   const uncompressed = new DigestingStream();
   const indexer = new TarIndexer(layer);
-  const progress: LayerProgress = { entries: indexer.entries, tarPath, partialPath: temporary, readableBytes: 0, indexed: false };
+  const progress: LayerProgress = { entries: indexer.entries, tarPath, partialPath: temporary, readableBytes: 0 };
   const onReadable = (bytes: number) => {
     progress.readableBytes = bytes;
     onProgress?.(progress);
@@ -190,8 +188,6 @@ async function decompressAndIndex(
       { hint: 'the image config does not match its layers; rebuild or re-push the image' },
     );
   }
-  progress.indexed = true;
-  onProgress?.(progress);
   return { entries: indexer.entries, tarSize: uncompressed.size };
 }
 
@@ -242,24 +238,6 @@ function checkBlobDigest(descriptor: Descriptor, digest: string, size: number): 
       `layer ${descriptor.digest}: the blob has digest ${digest} (${size} bytes), expected ${descriptor.digest} (${descriptor.size} bytes)`,
       { hint: 'the blob is damaged or was replaced; pull the image again' },
     );
-  }
-}
-
-/** A pass-through stage that hashes and counts what flows through it. */
-class DigestingStream extends Transform {
-  size = 0;
-  private readonly hash: Hash = createHash('sha256');
-  private result?: string;
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.hash.update(chunk);
-    this.size += chunk.length;
-    callback(null, chunk);
-  }
-
-  digest(): string {
-    this.result ??= `sha256:${this.hash.digest('hex')}`;
-    return this.result;
   }
 }
 

@@ -11,11 +11,10 @@
  * partial file. Files of older manifests stay, for readers that fetched an
  * older manifest, until `--prune` removes those the current one does not name.
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { fileExtension } from '../compress/index.ts';
 import { UsageError, VerificationError } from '../errors.ts';
@@ -23,6 +22,7 @@ import { loadManifest, MANIFEST_FILE, serializeManifest, type Manifest, type Man
 import { serializeSignature, signBytes, SIGNATURE_SUFFIX } from '../manifest/sign.ts';
 import { imageFilePath } from '../manifest/verify.ts';
 import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
+import { DigestingStream, digestHex } from '../util/digest.ts';
 import type { Logger } from '../util/log.ts';
 
 export const FILES_DIR = 'files';
@@ -49,17 +49,10 @@ export function publishedName(image: ManifestImage): string {
 
 async function copyVerified(source: string, destination: string, image: ManifestImage): Promise<void> {
   await writeAtomically(destination, async (temporary) => {
-    const hash = createHash('sha256');
-    let size = 0;
-    const measure = new Transform({
-      transform(chunk: Buffer, _encoding, done) {
-        hash.update(chunk);
-        size += chunk.length;
-        done(null, chunk);
-      },
-    });
+    const measure = new DigestingStream();
     await pipeline(createReadStream(source), measure, createWriteStream(temporary, { flush: true }));
-    const sha256 = hash.digest('hex');
+    const { size } = measure;
+    const sha256 = digestHex(measure.digest());
     if (sha256 !== image.sha256 || size !== image.size) {
       throw new VerificationError(`${source} has ${size} bytes with sha256 ${sha256}; the manifest says ${image.size} bytes, ${image.sha256}`, {
         hint: 'rebuild it: the file changed after the manifest was written',

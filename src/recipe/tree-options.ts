@@ -65,6 +65,7 @@ export function dropPaths(entries: readonly TreeEntry[], patterns: readonly stri
   return { entries: kept, removed: entries.length - kept.length, bytesSaved };
 }
 
+/** Reads a recipe's extra file; the build memoizes it (extraFileReader) since each prediction round applies the options again. */
 async function readExtraFile(file: ExtraFile, origin: string): Promise<Buffer> {
   const info = await stat(file.source).catch((error: NodeJS.ErrnoException) => {
     throw new InputError(`cannot read ${file.source} (files of ${origin}, for ${file.destination}): ${error.code ?? error.message}`);
@@ -78,7 +79,13 @@ async function readExtraFile(file: ExtraFile, origin: string): Promise<Buffer> {
  * missing parent directories 0755 root:root. A parent that exists as
  * anything but a directory, or a destination that is a directory, is an error.
  */
-export async function addFiles(entries: readonly TreeEntry[], files: readonly ExtraFile[], mtime: number, origin: string): Promise<TreeEntry[]> {
+export async function addFiles(
+  entries: readonly TreeEntry[],
+  files: readonly ExtraFile[],
+  mtime: number,
+  origin: string,
+  read: (file: ExtraFile) => Promise<Buffer> = (file) => readExtraFile(file, origin),
+): Promise<TreeEntry[]> {
   if (files.length === 0) return [...entries];
   const tree = new Map(entries.map((entry) => [entry.path, entry]));
   for (const file of files) {
@@ -92,21 +99,30 @@ export async function addFiles(entries: readonly TreeEntry[], files: readonly Ex
         throw new InputError(`files of ${origin}: cannot add ${file.destination}, /${displayPath(parent)} is a ${node.type} in the image`);
       }
     }
-    const data = await readExtraFile(file, origin);
+    const data = await read(file);
     tree.set(path, { path, type: 'file', mode: file.mode, uid: file.uid, gid: file.gid, mtime, data });
   }
   return sortByTreePath(tree.values());
+}
+
+/** Reads each extra file once, however often the options are applied. */
+export function extraFileReader(origin: string): (file: ExtraFile) => Promise<Buffer> {
+  const contents = new Map<ExtraFile, Promise<Buffer>>();
+  return (file) => {
+    if (!contents.has(file)) contents.set(file, readExtraFile(file, origin));
+    return contents.get(file)!;
+  };
 }
 
 /** Applies a target's drop and files options to a flattened tree, logging what drop saved. */
 export async function applyTreeOptions(
   entries: readonly TreeEntry[],
   target: Pick<BuildTarget, 'drop' | 'files' | 'origin'>,
-  context: { mtime: number; log: Logger; label: string },
+  context: { mtime: number; log: Logger; label: string; read?: (file: ExtraFile) => Promise<Buffer> },
 ): Promise<TreeEntry[]> {
   const dropped = dropPaths(entries, target.drop ?? []);
   if (target.drop?.length) {
     context.log.info(`${context.label}: drop removed ${dropped.removed} entries, ${dropped.bytesSaved} bytes of file data saved`);
   }
-  return addFiles(dropped.entries, target.files ?? [], context.mtime, target.origin);
+  return addFiles(dropped.entries, target.files ?? [], context.mtime, target.origin, context.read);
 }

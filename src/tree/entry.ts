@@ -66,7 +66,8 @@ export function parentPath(path: string): string {
   return slash < 0 ? '' : path.slice(0, slash);
 }
 
-const SLASH = 0x2f;
+/** Char code of "/", the lowest byte in walk order. */
+export const SLASH_CODE = 0x2f;
 
 /**
  * Walk order: a directory, then its whole subtree, then its next sibling;
@@ -80,7 +81,7 @@ export function compareTreePaths(a: string, b: string): number {
   for (let i = 0; i < length; i++) {
     const x = a.charCodeAt(i);
     const y = b.charCodeAt(i);
-    if (x !== y) return (x === SLASH ? 0 : x) - (y === SLASH ? 0 : y);
+    if (x !== y) return (x === SLASH_CODE ? 0 : x) - (y === SLASH_CODE ? 0 : y);
   }
   return a.length - b.length;
 }
