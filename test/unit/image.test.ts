@@ -1,5 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { InputError, VerificationError } from '../../src/errors.ts';
@@ -8,6 +7,7 @@ import { selectPlatform } from '../../src/image/platform.ts';
 import { resolveImage } from '../../src/image/resolve.ts';
 import type { Descriptor } from '../../src/image/types.ts';
 import { writeOciLayout, type ImageSpec } from '../helpers/oci-builder.ts';
+import { testDirectory } from '../helpers/temp.ts';
 
 const entry = (architecture: string, extra: Partial<Descriptor> = {}, variant?: string): Descriptor => ({
   mediaType: 'application/vnd.oci.image.manifest.v1+json',
@@ -44,7 +44,7 @@ describe('OCI layout references', () => {
 });
 
 describe('resolving images from an OCI layout', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'rampack-layout-'));
+  const dir = testDirectory('layout');
   const spec = (architecture: string): ImageSpec => ({ architecture, layers: [{ entries: [{ name: 'a', content: architecture }] }] });
   let single: string;
   let multi: string;

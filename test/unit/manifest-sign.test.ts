@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadInitramfs, selectImage, type Manifest as ReaderManifest } from '../../examples/manifest-reader.ts';
@@ -8,8 +7,9 @@ import { UsageError, VerificationError } from '../../src/errors.ts';
 import { emptyManifest, mergeImages, serializeManifest, type ManifestImage } from '../../src/manifest/manifest.ts';
 import { keyId, loadSigningKey, loadVerifyKey, signManifestFile, SIGNING_KEY_ENV, verifySignature, writeKeyPair } from '../../src/manifest/sign.ts';
 import { verifyManifest } from '../../src/manifest/verify.ts';
+import { testDirectory } from '../helpers/temp.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'rampack-sign-'));
+const dir = testDirectory('sign');
 const privatePath = join(dir, 'signing.key');
 const publicPath = join(dir, 'signing.pub');
 const keyPairId = await writeKeyPair(privatePath, publicPath);

@@ -1,9 +1,11 @@
 import { mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.ts';
 import { emptyManifest, mergeFragments, mergeImages, readManifest, writeManifest, type Manifest, type ManifestImage } from '../../src/manifest/manifest.ts';
+import { testDirectory } from '../helpers/temp.ts';
+
+const work = testDirectory('manifest');
 
 function image(version: string, arch: 'x86_64' | 'aarch64', isDefault: boolean): ManifestImage {
   return {
@@ -28,7 +30,7 @@ describe('manifest', () => {
   });
 
   it('writes atomically, and not at all when nothing changed', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'rampack-manifest-'));
+    const dir = mkdtempSync(join(work, 'case-'));
     const path = join(dir, 'manifest.json');
     const manifest = mergeImages(await readManifest(path), [image('1.24', 'x86_64', true)]);
     expect(await writeManifest(path, manifest)).toBe(true);
@@ -40,7 +42,7 @@ describe('manifest', () => {
   });
 
   it('refuses a manifest it cannot read, naming it', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'rampack-manifest-'));
+    const dir = mkdtempSync(join(work, 'case-'));
     const path = join(dir, 'manifest.json');
     writeFileSync(path, '{"schemaVersion": 7, "images": []}');
     await expect(readManifest(path)).rejects.toThrow(InputError);
@@ -56,7 +58,7 @@ describe('manifest', () => {
     ['an unknown arch', (m: Manifest) => ((m.images[0] as { arch: string }).arch = 'riscv64'), 'images[0].arch: must be one of "x86_64", "aarch64"'],
     ['a missing size', (m: Manifest) => delete (m.images[0] as Partial<ManifestImage>).size, 'images[0]: missing required field "size"'],
   ])('refuses %s, naming the field', async (_name, spoil, message) => {
-    const path = join(mkdtempSync(join(tmpdir(), 'rampack-manifest-')), 'manifest.json');
+    const path = join(mkdtempSync(join(work, 'case-')), 'manifest.json');
     const manifest = mergeImages(emptyManifest(), [image('1.24', 'x86_64', true)]);
     spoil(manifest);
     writeFileSync(path, JSON.stringify(manifest));
@@ -64,7 +66,7 @@ describe('manifest', () => {
   });
 
   it('accepts fields it does not know (they may be added within a schemaVersion)', async () => {
-    const path = join(mkdtempSync(join(tmpdir(), 'rampack-manifest-')), 'manifest.json');
+    const path = join(mkdtempSync(join(work, 'case-')), 'manifest.json');
     const manifest = mergeImages(emptyManifest(), [image('1.24', 'x86_64', true)]);
     writeFileSync(path, JSON.stringify({ ...manifest, publishedAt: 'later', images: [{ ...manifest.images[0], kernel: 'x' }] }));
     expect((await readManifest(path)).images).toHaveLength(1);

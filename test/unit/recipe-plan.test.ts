@@ -1,11 +1,11 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError, UsageError } from '../../src/errors.ts';
 import { cellKey, inputDigest, loadTargets, planCells, selectCell } from '../../src/recipe/plan.ts';
+import { testDirectory } from '../helpers/temp.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'rampack-plan-'));
+const dir = testDirectory('plan');
 const agent = join(dir, 'agent');
 writeFileSync(agent, 'agent v1');
 const extra = join(dir, 'extra.conf');

@@ -1,10 +1,10 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.ts';
 import { addFiles, dropPaths, globToRegExp } from '../../src/recipe/tree-options.ts';
 import { compareTreePaths, type TreeEntry } from '../../src/tree/entry.ts';
+import { testDirectory } from '../helpers/temp.ts';
 
 const dir = (path: string): TreeEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1 });
 const file = (path: string, size: number, inode?: number): TreeEntry => ({ path, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, data: Buffer.alloc(size), inode });
@@ -59,7 +59,7 @@ describe('dropPaths', () => {
 });
 
 describe('addFiles', () => {
-  const work = mkdtempSync(join(tmpdir(), 'rampack-files-'));
+  const work = testDirectory('files');
   const source = join(work, 'run.sh');
   writeFileSync(source, '#!/bin/sh\n');
 

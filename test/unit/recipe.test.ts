@@ -1,11 +1,11 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.ts';
 import { loadRecipe, recipeFiles, recipeTargets } from '../../src/recipe/recipe.ts';
+import { testDirectory } from '../helpers/temp.ts';
 
-const dir = mkdtempSync(join(tmpdir(), 'rampack-recipe-'));
+const dir = testDirectory('recipe');
 function recipeFile(name: string, text: string): string {
   const file = join(dir, name);
   writeFileSync(file, text);
