@@ -2,8 +2,9 @@
  * npm run bench: rampack against the by-hand pipeline (skopeo copy -> umoci
  * unpack -> find | sort | cpio -H newc -> gzip/zstd) on a ~700 MB image from
  * real Debian packages served by a loopback registry. Runs alternate, side by
- * side, so the ratios are comparable on a noisy machine. Prints a markdown
- * table; `--write` also puts it in docs/performance.md.
+ * side, so the ratios are comparable on a noisy machine. A cold rampack build
+ * of an image twice as large shows how memory grows. Prints a markdown table;
+ * `--write` also puts it in docs/performance.md.
  *
  *   node scripts/bench.ts [--rounds N] [--pause SECONDS] [--write]
  */
@@ -50,6 +51,9 @@ function timed(command: string, args: string[], env: NodeJS.ProcessEnv = {}): Om
 
 const mib = (path: string) => statSync(path).size / 2 ** 20;
 
+/** The run label of the larger image's cold builds. */
+const LARGE_RUN = 'cold, image 2x as large';
+
 function byHand(image: string, codec: Codec): Measurement {
   const dir = join(work, 'by-hand');
   const output = join(work, `by-hand.cpio.${codec}`);
@@ -83,18 +87,21 @@ function table(rows: Measurement[]): string {
   for (const row of rows) groups.set(`${row.pipeline}|${row.codec}|${row.run}`, [...(groups.get(`${row.pipeline}|${row.codec}|${row.run}`) ?? []), row]);
   const handWall = (codec: Codec) => median(rows.filter((r) => r.pipeline === 'by hand' && r.codec === codec).map((r) => r.wallSeconds));
   const handSize = (codec: Codec) => median(rows.filter((r) => r.pipeline === 'by hand' && r.codec === codec).map((r) => r.outputMiB));
+  // The larger image has no by-hand run: its rows show how time and memory grow, not a ratio.
+  const ratio = (value: number, byHand: number, run: string, digits: number) => (run === LARGE_RUN ? '' : `${(value / byHand).toFixed(digits)}x`);
   const lines = ['| pipeline | codec | run | wall s | CPU s | peak RSS MiB | output MiB | wall vs by hand | size vs by hand |', '|---|---|---|---:|---:|---:|---:|---:|---:|'];
   for (const group of groups.values()) {
     const { pipeline, codec, run } = group[0]!;
     const wall = median(group.map((r) => r.wallSeconds));
     const size = median(group.map((r) => r.outputMiB));
-    lines.push(`| ${pipeline} | ${codec} | ${run} | ${wall.toFixed(1)} | ${median(group.map((r) => r.cpuSeconds)).toFixed(1)} | ${median(group.map((r) => r.peakRssMiB)).toFixed(0)} | ${size.toFixed(1)} | ${(wall / handWall(codec)).toFixed(2)}x | ${(size / handSize(codec)).toFixed(3)}x |`);
+    lines.push(`| ${pipeline} | ${codec} | ${run} | ${wall.toFixed(1)} | ${median(group.map((r) => r.cpuSeconds)).toFixed(1)} | ${median(group.map((r) => r.peakRssMiB)).toFixed(0)} | ${size.toFixed(1)} | ${ratio(wall, handWall(codec), run, 2)} | ${ratio(size, handSize(codec), run, 3)} |`);
   }
   return `${lines.join('\n')}\n\nMedians of ${flags.rounds} alternating rounds, each run after \`sync\` and a ${flags.pause} s pause; ${machine()}.\n`;
 }
 
 ensureTools(TOOLS.registry, TOOLS.skopeo, TOOLS.umoci, TOOLS.cpio, TOOLS.zstd, TOOLS.gzip, TOOLS.musl, TOOLS.gnuTime);
 const layout = await benchImageLayout();
+const largeLayout = await benchImageLayout('large');
 const agent = await buildTestAgent('x86_64');
 const changedAgent = join(work, 'agent-changed');
 copyFileSync(agent, changedAgent);
@@ -103,7 +110,9 @@ const registry = await startRegistry();
 const rows: Measurement[] = [];
 try {
   await pushLayout(layout, BENCH_TAG, registry.host, 'bench/golang');
+  await pushLayout(largeLayout, BENCH_TAG, registry.host, 'bench/large');
   const image = `${registry.host}/bench/golang:${BENCH_TAG}`;
+  const largeImage = `${registry.host}/bench/large:${BENCH_TAG}`;
   for (let round = 1; round <= Number(flags.rounds); round++) {
     for (const codec of ['gzip', 'zstd'] as const) {
       process.stderr.write(`round ${round}, ${codec}\n`);
@@ -113,6 +122,8 @@ try {
       rows.push(rampack(image, codec, 'cold', agent, cache));
       rows.push(rampack(image, codec, 'warm, nothing changed', agent, cache));
       rows.push(rampack(image, codec, 'warm, agent changed', changedAgent, cache));
+      rmSync(cache, { recursive: true, force: true });
+      rows.push(rampack(largeImage, codec, LARGE_RUN, agent, cache));
     }
   }
 } finally {

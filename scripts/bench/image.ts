@@ -1,8 +1,10 @@
 /**
- * The benchmark image: a realistic three-layer "golang" image made from real
- * Debian packages (base system, Go toolchain and sources, C toolchain), about
- * 700 MB unpacked, written as an OCI layout with gzip layers. Built once per
- * machine and cached, like any test fixture.
+ * The benchmark images, made from real Debian packages and written as OCI
+ * layouts with gzip layers, built once per machine and cached like any test
+ * fixture: the standard one, a realistic three-layer "golang" image (base
+ * system, Go toolchain and sources, C toolchain), about 700 MB unpacked; and
+ * a larger one with two more layers (Rust toolchain with LLVM, a JDK), about
+ * twice that, to show how memory grows with the image.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -11,11 +13,22 @@ import { join } from 'node:path';
 import { TEST_CACHE } from '../../test/helpers/debian.ts';
 import { writeBlob } from '../../test/helpers/oci-builder.ts';
 
-const LAYERS: readonly (readonly string[])[] = [
+const STANDARD_LAYERS: readonly (readonly string[])[] = [
   ['libc6', 'coreutils', 'perl-base', 'perl-modules-5.36', 'libperl5.36', 'python3.11-minimal', 'libpython3.11-stdlib', 'busybox-static'],
   ['golang-1.19-go', 'golang-1.19-src'],
   ['gcc-12', 'cpp-12', 'binutils-x86-64-linux-gnu', 'libc6-dev', 'libgcc-12-dev', 'libstdc++-12-dev'],
 ];
+
+export type BenchImage = 'standard' | 'large';
+
+const LAYERS: Readonly<Record<BenchImage, readonly (readonly string[])[]>> = {
+  standard: STANDARD_LAYERS,
+  large: [
+    ...STANDARD_LAYERS,
+    ['rustc', 'libstd-rust-1.63', 'libstd-rust-dev', 'libllvm14'],
+    ['openjdk-17-jre-headless', 'openjdk-17-jdk-headless'],
+  ],
+};
 const BENCH_CACHE = join(TEST_CACHE, 'bench');
 export const BENCH_TAG = '1.19';
 
@@ -49,9 +62,9 @@ async function moveIntoLayout(layout: string, file: string): Promise<{ digest: s
   return { digest, size: statSync(join(layout, 'blobs', 'sha256', digest.slice(7))).size };
 }
 
-/** The benchmark image's OCI layout directory (tag BENCH_TAG), built on first use. */
-export async function benchImageLayout(): Promise<string> {
-  const layout = join(BENCH_CACHE, 'layout');
+/** A benchmark image's OCI layout directory (tag BENCH_TAG), built on first use. */
+export async function benchImageLayout(image: BenchImage = 'standard'): Promise<string> {
+  const layout = join(BENCH_CACHE, image === 'standard' ? 'layout' : `layout-${image}`);
   if (existsSync(join(layout, 'index.json'))) return layout;
   const work = join(BENCH_CACHE, 'work');
   rmSync(work, { recursive: true, force: true });
@@ -59,8 +72,8 @@ export async function benchImageLayout(): Promise<string> {
   mkdirSync(work, { recursive: true });
   const layers = [];
   const diffIds = [];
-  for (const [index, packages] of LAYERS.entries()) {
-    process.stderr.write(`bench image: layer ${index + 1}/${LAYERS.length} (${packages.join(' ')})\n`);
+  for (const [index, packages] of LAYERS[image].entries()) {
+    process.stderr.write(`bench image (${image}): layer ${index + 1}/${LAYERS[image].length} (${packages.join(' ')})\n`);
     const tar = layerTar(packages, work, index);
     diffIds.push(await sha256File(tar));
     execFileSync('gzip', ['-6', '-n', tar]);
