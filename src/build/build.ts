@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { checkAgentBinary } from '../agent/elf.ts';
 import { injectAgent, type DroppedXattr, type InjectedTree } from '../agent/inject.ts';
-import { fileExtension } from '../compress/index.ts';
+import { describeGunzip, fileExtension } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
 import { resolveImage } from '../image/resolve.ts';
 import type { ContentStore, ResolvedImage } from '../image/source.ts';
@@ -166,6 +166,8 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
     options.log.warn(`${label}: agent ${target.agent} is dynamically linked (${elf.interpreter}); it runs only if the image provides that loader`);
   }
   const agentSha256 = createHash('sha256').update(agent).digest('hex');
+  // Before any layer is read: a bad RAMPACK_INFLATE fails the build here.
+  const gunzip = describeGunzip();
 
   const reporter = options.reporter ?? silentReporter;
   const pull: PullCount = { total: 0, downloaded: 0 };
@@ -181,6 +183,7 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   pull.total = image.layers.reduce((sum, layer) => sum + layer.size, 0);
   reporter.end('resolve', `${image.manifestDigest} (${image.layers.length} layers)`);
   options.log.info(`${label}: ${image.reference} -> ${image.manifestDigest} (${image.layers.length} layers)`);
+  options.log.debug(`${label}: gzip layers are inflated by ${gunzip}`);
 
   const file = outputFileName(target);
   const mtime = addedFilesMtime(image, options.sourceDateEpoch);

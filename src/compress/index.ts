@@ -1,13 +1,17 @@
 /**
  * The compression stage, limited to what the kernel's initramfs decompressors
  * accept: gzip with a plain header, zstd with windows of at most 8 MiB.
+ * gunzip goes through ISA-L when its addon is built (native-inflate.ts),
+ * everything else through node:zlib.
  */
 import { PassThrough, type Transform } from 'node:stream';
 import zlib from 'node:zlib';
 import { InputError } from '../errors.ts';
+import { IsalGunzip, nativeInflate } from './native-inflate.ts';
 import { OUTPUT_CHUNK, ZstdFramesDecompress } from './zstd-frames.ts';
 
 export { CorruptStreamError, isCorruptStreamError } from './errors.ts';
+export { describeGunzip } from './native-inflate.ts';
 
 export const COMPRESSIONS = ['gzip', 'zstd', 'none'] as const;
 export type Compression = (typeof COMPRESSIONS)[number];
@@ -110,8 +114,10 @@ export function detectCompression(head: Buffer): Compression {
  */
 export function createDecompressor(compression: Compression): Transform {
   switch (compression) {
-    case 'gzip':
-      return zlib.createGunzip({ chunkSize: OUTPUT_CHUNK });
+    case 'gzip': {
+      const { addon } = nativeInflate();
+      return addon ? new IsalGunzip(addon) : zlib.createGunzip({ chunkSize: OUTPUT_CHUNK });
+    }
     case 'zstd':
       return new ZstdFramesDecompress();
     case 'none':
