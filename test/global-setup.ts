@@ -1,14 +1,17 @@
 /**
- * Runs once before any test file: installs every Debian tool the suite uses
- * and fetches the kernels and busybox, so test files running in parallel
- * never race for the apt/dpkg lock.
+ * Runs once before any test file: installs every Debian tool the suite uses,
+ * builds the libdeflate addon (gzip builds in the tests run on it; a missing
+ * addon fails the suite, on CI and off) and fetches the kernels and busybox,
+ * so test files running in parallel never race for the apt/dpkg lock.
  */
 import { ensureDebianKernel } from '../src/boot/kernel.ts';
 import { busyboxBinary, KERNEL_CACHE } from './helpers/debian.ts';
+import { ensureNativeAddon } from './helpers/native.ts';
 import { ensureTools, TOOLS } from './helpers/system.ts';
 
 export default async function setup(): Promise<void> {
   ensureTools(...Object.values(TOOLS));
+  ensureNativeAddon();
   busyboxBinary();
   await ensureDebianKernel('x86_64', KERNEL_CACHE);
   await ensureDebianKernel('aarch64', KERNEL_CACHE);

@@ -11,6 +11,7 @@ import { compressBuffer, createCompressor } from '../compress/index.ts';
 import { planNewcArchive } from '../cpio/writer.ts';
 import { RampackError } from '../errors.ts';
 import type { TreeEntry } from '../tree/entry.ts';
+import { ReusedBuffer } from '../util/reused-buffer.ts';
 import { SHARD_BYTES, type ShardJob, type ShardResult } from './archive.ts';
 
 /** Structured cloning turns Buffers into plain Uint8Arrays; the writer wants Buffers. */
@@ -25,11 +26,13 @@ function revive(entry: TreeEntry): TreeEntry {
 /**
  * Shards up to this size are built in one buffer, kept for the next shard,
  * and compressed in one call: zstd then works on contiguous input, and no
- * stream machinery or buffer is allocated per chunk. A shard holding a
- * bigger file streams instead, so memory stays bounded.
+ * stream machinery or buffer is allocated per chunk. gzip through libdeflate
+ * writes into a second kept buffer. A shard holding a bigger file streams
+ * instead, so memory stays bounded.
  */
 const ONE_SHOT_LIMIT = 2 * SHARD_BYTES;
-let archiveBuffer = Buffer.alloc(0);
+const archiveBuffer = new ReusedBuffer();
+const compressedBuffer = new ReusedBuffer();
 
 async function writeShard(job: ShardJob): Promise<ShardResult> {
   const plan = planNewcArchive(job.entries.map(revive), {
@@ -40,10 +43,9 @@ async function writeShard(job: ShardJob): Promise<ShardResult> {
   if (plan.size > ONE_SHOT_LIMIT) {
     await pipeline(plan.stream(), createCompressor(job.compression, job.level), createWriteStream(job.output));
   } else {
-    if (archiveBuffer.length < plan.size) archiveBuffer = Buffer.allocUnsafe(plan.size);
-    const archive = archiveBuffer.subarray(0, plan.size);
+    const archive = archiveBuffer.take(plan.size);
     plan.writeInto(archive);
-    await writeFile(job.output, compressBuffer(job.compression, archive, job.level));
+    await writeFile(job.output, compressBuffer(job.compression, archive, job.level, compressedBuffer));
   }
   return { index: job.index, uncompressedBytes: plan.size };
 }

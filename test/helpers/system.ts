@@ -32,6 +32,9 @@ export const TOOLS = {
   fish: { command: 'fish', pkg: 'fish' },
   // --no-install-recommends leaves the cross compiler without libc headers.
   aarch64Libc: { file: '/usr/aarch64-linux-gnu/include/stdio.h', pkg: 'libc6-dev-arm64-cross' },
+  // What scripts/build-native.ts needs for the libdeflate addon.
+  gcc: { command: 'cc', pkg: 'gcc' },
+  libdeflate: { file: '/usr/include/libdeflate.h', pkg: 'libdeflate-dev' },
 } as const satisfies Record<string, Tool>;
 
 export function hasCommand(command: string): boolean {

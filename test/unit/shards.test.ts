@@ -1,5 +1,10 @@
-import { describe, expect, it } from 'vitest';
-import { shardEntries, shardKeys } from '../../src/build/archive.ts';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { imageArchive, shardEntries, shardKeys, writeInitramfs, type ArchiveSettings } from '../../src/build/archive.ts';
+import { ShardWorkers } from '../../src/build/shard-workers.ts';
 import type { TreeEntry } from '../../src/tree/entry.ts';
 
 const file = (path: string, size: number, inode?: number): TreeEntry => ({
@@ -62,5 +67,57 @@ describe('shard keys', () => {
     const linked = (inode: number) => [file('a', 10, inode), file('b', 0, inode), file('c', 5, inode + 1)];
     expect(imageArchiveKey(linked(1), settings)).toBe(imageArchiveKey(linked(40), settings));
     expect(imageArchiveKey(linked(1), settings)).not.toBe(imageArchiveKey([file('a', 10, 1), file('b', 0, 2), file('c', 5, 3)], settings));
+  });
+});
+
+describe('shards and the deflate implementation', () => {
+  afterEach(() => {
+    vi.unstubAllEnvs();
+  });
+
+  const entries: TreeEntry[] = [
+    { path: 'etc', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1 },
+    ...Array.from({ length: 4 }, (_, index): TreeEntry => ({
+      path: `etc/file-${index}`, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, data: Buffer.from(`line ${index}\n`.repeat(4000)),
+    })),
+  ];
+
+  it('keys gzip shards by libdeflate or node:zlib, and zstd shards by neither', () => {
+    const libdeflate = shardKeys([entries], { compression: 'gzip' });
+    const zstd = shardKeys([entries], { compression: 'zstd' });
+    vi.stubEnv('RAMPACK_DEFLATE', 'zlib');
+    expect(shardKeys([entries], { compression: 'gzip' })).not.toEqual(libdeflate);
+    expect(shardKeys([entries], { compression: 'zstd' })).toEqual(zstd);
+  });
+
+  it("never serves a part cached by one implementation as the other's", async () => {
+    const cacheDir = await mkdtemp(join(tmpdir(), 'rampack-shards-'));
+    const settings: ArchiveSettings = { compression: 'gzip', shardBytes: 16 * 1024 };
+    /** A build's initramfs, its image part written by worker threads (which see RAMPACK_DEFLATE as it is now) or taken from the cache. */
+    const build = async () => {
+      const workers = new ShardWorkers(cacheDir);
+      try {
+        const part = await imageArchive(entries, settings, cacheDir, workers, () => {});
+        const output = join(cacheDir, 'initramfs.cpio.gz');
+        await writeInitramfs(output, part, [], settings, cacheDir);
+        return { fromCache: part.fromCache, shards: part.parts.length, bytes: await readFile(output) };
+      } finally {
+        await workers.close();
+      }
+    };
+    try {
+      const libdeflate = await build();
+      vi.stubEnv('RAMPACK_DEFLATE', 'zlib');
+      const zlib = await build();
+      expect(libdeflate.shards).toBeGreaterThan(1);
+      expect(zlib.fromCache).toBe(false);
+      expect(zlib.bytes.equals(libdeflate.bytes)).toBe(false);
+      expect(gunzipSync(zlib.bytes).equals(gunzipSync(libdeflate.bytes))).toBe(true);
+      expect(await build()).toEqual({ ...zlib, fromCache: true });
+      vi.unstubAllEnvs();
+      expect(await build()).toEqual({ ...libdeflate, fromCache: true });
+    } finally {
+      await rm(cacheDir, { recursive: true, force: true });
+    }
   });
 });
