@@ -13,9 +13,11 @@ import { copyFileSync, appendFileSync, mkdtempSync, readFileSync, rmSync, statSy
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { compressorIdentity } from '../src/compress/index.ts';
 import { buildTestAgent } from '../test/helpers/agent.ts';
 import { REPO_ROOT } from '../test/helpers/cli.ts';
 import { pushLayout, startRegistry } from '../test/helpers/registry.ts';
+import { ensureNativeAddons } from '../test/helpers/native.ts';
 import { ensureTools, TOOLS } from '../test/helpers/system.ts';
 import { BENCH_TAG, benchImageLayout } from './bench/image.ts';
 
@@ -78,7 +80,7 @@ function rampack(image: string, codec: Codec, run: string, agent: string, cache:
 
 function machine(): string {
   const cpu = cpus()[0]?.model ?? 'unknown CPU';
-  return `${cpus().length} × ${cpu}, ${Math.round(Number(readFileSync('/proc/meminfo', 'utf8').match(/MemTotal:\s+(\d+)/)![1]) / 2 ** 20)} GiB RAM, Node ${process.versions.node}`;
+  return `${cpus().length} × ${cpu}, ${Math.round(Number(readFileSync('/proc/meminfo', 'utf8').match(/MemTotal:\s+(\d+)/)![1]) / 2 ** 20)} GiB RAM, Node ${process.versions.node}, gzip by ${compressorIdentity('gzip')}`;
 }
 
 function table(rows: Measurement[]): string {
@@ -100,6 +102,8 @@ function table(rows: Measurement[]): string {
 }
 
 ensureTools(TOOLS.registry, TOOLS.skopeo, TOOLS.umoci, TOOLS.cpio, TOOLS.zstd, TOOLS.gzip, TOOLS.musl, TOOLS.gnuTime);
+// RAMPACK_DEFLATE=zlib still measures node:zlib, for comparison.
+ensureNativeAddons();
 const layout = await benchImageLayout();
 const largeLayout = await benchImageLayout('large');
 const agent = await buildTestAgent('x86_64');

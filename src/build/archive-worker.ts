@@ -8,9 +8,10 @@ import { writeFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { parentPort } from 'node:worker_threads';
 import { compressBuffer, createCompressor } from '../compress/index.ts';
-import { planNewcArchive } from '../cpio/writer.ts';
+import { type NewcPlan, planNewcArchive } from '../cpio/writer.ts';
 import { RampackError } from '../errors.ts';
 import type { TreeEntry } from '../tree/entry.ts';
+import { releaseNow, ReusedBuffer } from '../util/reused-buffer.ts';
 import { SHARD_BYTES, type ShardJob, type ShardResult } from './archive.ts';
 
 /** Structured cloning turns Buffers into plain Uint8Arrays; the writer wants Buffers. */
@@ -25,11 +26,13 @@ function revive(entry: TreeEntry): TreeEntry {
 /**
  * Shards up to this size are built in one buffer, kept for the next shard,
  * and compressed in one call: zstd then works on contiguous input, and no
- * stream machinery or buffer is allocated per chunk. A shard holding a
- * bigger file streams instead, so memory stays bounded.
+ * stream machinery or buffer is allocated per chunk. gzip through libdeflate
+ * writes into a second kept buffer. A shard holding a bigger file streams
+ * instead, so memory stays bounded.
  */
 const ONE_SHOT_LIMIT = 2 * SHARD_BYTES;
-let archiveBuffer = Buffer.alloc(0);
+const archiveBuffer = new ReusedBuffer();
+const compressedBuffer = new ReusedBuffer();
 
 async function writeShard(job: ShardJob): Promise<ShardResult> {
   const plan = planNewcArchive(job.entries.map(revive), {
@@ -38,14 +41,32 @@ async function writeShard(job: ShardJob): Promise<ShardResult> {
     partialFiles: job.partialFiles,
   });
   if (plan.size > ONE_SHOT_LIMIT) {
-    await pipeline(plan.stream(), createCompressor(job.compression, job.level), createWriteStream(job.output));
+    await streamShard(plan, job);
   } else {
-    if (archiveBuffer.length < plan.size) archiveBuffer = Buffer.allocUnsafe(plan.size);
-    const archive = archiveBuffer.subarray(0, plan.size);
+    const archive = archiveBuffer.take(plan.size);
     plan.writeInto(archive);
-    await writeFile(job.output, compressBuffer(job.compression, archive, job.level));
+    const compressed = compressBuffer(job.compression, archive, job.level, compressedBuffer);
+    await writeFile(job.output, compressed);
+    // zstd (and gzip without libdeflate) return a new buffer each time.
+    if (compressed.buffer !== archive.buffer && !compressedBuffer.holds(compressed)) releaseNow(compressed);
   }
   return { index: job.index, uncompressedBytes: plan.size };
+}
+
+/**
+ * A shard too big for one buffer, compressed as a stream fed from the kept
+ * archive buffer: each piece is written into it once the compressor has
+ * taken the one before, so nothing is allocated per piece.
+ */
+async function streamShard(plan: NewcPlan, job: ShardJob): Promise<void> {
+  const compressor = createCompressor(job.compression, job.level);
+  const feed = async () => {
+    for (const piece of plan.chunks(archiveBuffer.take(ONE_SHOT_LIMIT))) {
+      await new Promise<void>((resolve, reject) => compressor.write(piece, (error) => (error ? reject(error) : resolve())));
+    }
+    compressor.end();
+  };
+  await Promise.all([feed(), pipeline(compressor, createWriteStream(job.output))]);
 }
 
 parentPort!.on('message', (job: ShardJob) => {

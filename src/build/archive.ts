@@ -18,7 +18,7 @@ import { mkdir, readFile, rename, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createCompressor, fileExtension, type Compression } from '../compress/index.ts';
+import { compressorIdentity, createCompressor, fileExtension, type Compression } from '../compress/index.ts';
 import { newcArchive } from '../cpio/writer.ts';
 import { RampackError } from '../errors.ts';
 import { dataSize, type TreeEntry } from '../tree/entry.ts';
@@ -89,12 +89,14 @@ function linkGroupRefs(entries: readonly TreeEntry[]): number[] {
 
 /**
  * A key per shard over everything that goes into it and into the shards
- * before it, and how they are written: equal keys mean equal bytes (inode
- * numbers are assigned per shard, so only the shape of hard-link groups
- * counts). The last key names the whole image part.
+ * before it, and how they are written (down to which implementation of the
+ * codec): equal keys mean equal bytes (inode numbers are assigned per shard,
+ * so only the shape of hard-link groups counts). The last key names the
+ * whole image part.
  */
 export function shardKeys(shards: readonly (readonly TreeEntry[])[], settings: ArchiveSettings): string[] {
-  let previous = JSON.stringify([LAYOUT_VERSION, TOOL_VERSION, settings.compression, settings.level ?? null, settings.clampMtime ?? null]);
+  const { compression, level, clampMtime } = settings;
+  let previous = JSON.stringify([LAYOUT_VERSION, TOOL_VERSION, compression, compressorIdentity(compression), level ?? null, clampMtime ?? null]);
   return shards.map((entries) => {
     const hash = createHash('sha256').update(previous);
     const groups = linkGroupRefs(entries);

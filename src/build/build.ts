@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { checkAgentBinary } from '../agent/elf.ts';
 import { injectAgent, type DroppedXattr, type InjectedTree } from '../agent/inject.ts';
-import { describeGunzip, fileExtension } from '../compress/index.ts';
+import { describeCompressor, describeGunzip, fileExtension } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
 import { resolveImage } from '../image/resolve.ts';
 import type { ContentStore, ResolvedImage } from '../image/source.ts';
@@ -166,8 +166,9 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
     options.log.warn(`${label}: agent ${target.agent} is dynamically linked (${elf.interpreter}); it runs only if the image provides that loader`);
   }
   const agentSha256 = createHash('sha256').update(agent).digest('hex');
-  // Before any layer is read: a bad RAMPACK_INFLATE fails the build here.
+  // Before any layer is read or shard written: a bad RAMPACK_INFLATE or RAMPACK_DEFLATE fails the build here.
   const gunzip = describeGunzip();
+  const compressor = describeCompressor(target.compression);
 
   const reporter = options.reporter ?? silentReporter;
   const pull: PullCount = { total: 0, downloaded: 0 };
@@ -199,6 +200,7 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
     composed = await compose(await pullAndUnpack(image, store, pull, options, reporter, speculator), options.log);
     reportTree(composed, options.log, reporter, label);
     reporter.start('compress');
+    options.log.debug(`${label}: ${compressor}`);
     const report = (bytes: number) => reporter.progress('compress', { done: bytes, unit: 'bytes' });
     base = await imageArchive(composed.injected.image, settings, options.cacheDir, workers, report, speculator);
     if (speculator.stats.written > 0) options.log.debug(`${label}: ${speculator.stats.used} of the ${speculator.stats.written} shards written ahead were used`);

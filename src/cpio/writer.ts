@@ -79,6 +79,13 @@ export interface NewcPlan {
   stream(): NewcStream;
   /** Writes the archive into `target` (at least `size` bytes), file data read straight into it. */
   writeInto(target: Buffer): void;
+  /**
+   * The archive in pieces written into `scratch` (file data read straight
+   * into it), each a view of `scratch` that is valid only until the next is
+   * taken: for a consumer that is done with one before asking for the next,
+   * so no memory is allocated per chunk.
+   */
+  chunks(scratch: Buffer): Iterable<Buffer>;
 }
 
 export function planNewcArchive(entries: Iterable<TreeEntry>, options: NewcOptions = {}): NewcPlan {
@@ -92,6 +99,9 @@ export function planNewcArchive(entries: Iterable<TreeEntry>, options: NewcOptio
     },
     writeInto(target) {
       writePieces(records, target, options.partialFiles);
+    },
+    chunks(scratch) {
+      return filledChunks(records, scratch, options.partialFiles);
     },
   };
 }
@@ -267,6 +277,30 @@ function writePieces(records: readonly PlannedRecord[], target: Buffer, partialF
   }
 }
 
+function* filledChunks(records: readonly PlannedRecord[], scratch: Buffer, partialFiles?: ReadonlyMap<string, string>): Generator<Buffer> {
+  const ranges = new RangeReader(partialFiles);
+  let at = 0;
+  try {
+    for (const piece of archivePieces(records)) {
+      const size = Buffer.isBuffer(piece) ? piece.length : piece.range.size;
+      for (let done = 0; done < size; ) {
+        const room = scratch.subarray(at, at + Math.min(scratch.length - at, size - done));
+        if (Buffer.isBuffer(piece)) piece.copy(room, 0, done);
+        else ranges.readPart(piece.range, piece.name, done, room);
+        done += room.length;
+        at += room.length;
+        if (at === scratch.length) {
+          yield scratch;
+          at = 0;
+        }
+      }
+    }
+    if (at > 0) yield scratch.subarray(0, at);
+  } finally {
+    ranges.close();
+  }
+}
+
 const TRAILER_HEADER: Header = {
   ino: 0,
   mode: 0,
@@ -309,10 +343,15 @@ class RangeReader {
 
   /** Reads the whole range into `target` at `at`; returns its size. */
   readInto(range: FileRange, entryPath: string, target: Buffer, at: number): number {
-    for (let done = 0; done < range.size; ) {
-      done += this.#readSome(range, entryPath, target.subarray(at + done, at + range.size), 0, range.offset + done);
-    }
+    this.readPart(range, entryPath, 0, target.subarray(at, at + range.size));
     return range.size;
+  }
+
+  /** Fills `target` with the range's bytes from `from` on. */
+  readPart(range: FileRange, entryPath: string, from: number, target: Buffer): void {
+    for (let done = 0; done < target.length; ) {
+      done += this.#readSome(range, entryPath, target, done, range.offset + from + done);
+    }
   }
 
   #readSome(range: FileRange, entryPath: string, into: Buffer, offset: number, position: number): number {

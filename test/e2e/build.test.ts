@@ -62,10 +62,12 @@ describe('rampack build --image from a registry', () => {
     cache = join(work, 'cache');
     const result = await runRampack([
       'build', '--image', `${registry.host}/lang/runtime:2.0`, '--agent', agent, '--arch', 'x86_64',
-      '--language', 'lang', '--version', '2.0', '--out', out, '--cache', cache, '--compression', 'gzip',
+      '--language', 'lang', '--version', '2.0', '--out', out, '--cache', cache, '--compression', 'gzip', '--verbose',
     ]);
     expect(result.stderr).not.toContain('error');
     expect(result.code).toBe(0);
+    // The boot below then checks that the kernel reads libdeflate's gzip (the test setup builds the addon).
+    expect(result.stderr).toMatch(/compress started\n.*: compressing with libdeflate \d/);
   });
 
   it('writes a manifest whose digests match the files and the registry', () => {

@@ -32,8 +32,9 @@ export const TOOLS = {
   fish: { command: 'fish', pkg: 'fish' },
   // --no-install-recommends leaves the cross compiler without libc headers.
   aarch64Libc: { file: '/usr/aarch64-linux-gnu/include/stdio.h', pkg: 'libc6-dev-arm64-cross' },
-  // The ISA-L addon (native/inflate.c): the tests gunzip through it.
-  gcc: { command: 'gcc', pkg: 'gcc' },
+  // What scripts/build-native.ts needs for the native addons.
+  gcc: { command: 'cc', pkg: 'gcc' },
+  libdeflate: { file: '/usr/include/libdeflate.h', pkg: 'libdeflate-dev' },
   isal: { file: '/usr/include/isa-l/igzip_lib.h', pkg: 'libisal-dev' },
 } as const satisfies Record<string, Tool>;
 

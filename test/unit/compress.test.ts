@@ -5,16 +5,23 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   COMPRESSIONS,
+  compressBuffer,
+  compressorIdentity,
   createCompressor,
   createDecompressor,
+  describeCompressor,
   detectCompression,
   fileExtension,
   type Compression,
 } from '../../src/compress/index.ts';
+import type { NativeDeflate } from '../../src/compress/native-deflate.ts';
 import { InputError } from '../../src/errors.ts';
+import { ReusedBuffer } from '../../src/util/reused-buffer.ts';
+import { ensureNativeAddons } from '../helpers/native.ts';
 import { ensureTools, TOOLS } from '../helpers/system.ts';
 
 const TOOL_COMMAND = { gzip: 'gzip', zstd: 'zstd' } as const;
@@ -41,9 +48,16 @@ function tool(compression: 'gzip' | 'zstd', args: string[], data: Buffer): Buffe
   return execFileSync(TOOL_COMMAND[compression], args, { input: data, maxBuffer: 64 * 1024 * 1024 });
 }
 
+let addon: NativeDeflate;
+
 beforeAll(async () => {
   ensureTools(TOOLS.zstd, TOOLS.gzip);
+  addon = ensureNativeAddons().deflate;
   work = await mkdtemp(join(tmpdir(), 'rampack-compress-'));
+});
+
+afterEach(() => {
+  vi.unstubAllEnvs();
 });
 
 afterAll(async () => {
@@ -87,6 +101,99 @@ describe('gzip', () => {
     expect([...compressed.subarray(0, 8)]).toEqual([0x1f, 0x8b, 8, 0, 0, 0, 0, 0]);
   });
 
+});
+
+/** Decoded by Debian's gzip (checked with -t first) and by node:zlib, which must agree with `data`. */
+function expectGunzips(compressed: Buffer, data: Buffer): void {
+  tool('gzip', ['-t'], compressed);
+  expect(tool('gzip', ['-dc'], compressed).equals(data)).toBe(true);
+  expect(gunzipSync(compressed).equals(data)).toBe(true);
+}
+
+describe('gzip of whole buffers through libdeflate', () => {
+  const inputs: [string, Buffer][] = [
+    ['empty input', Buffer.alloc(0)],
+    ['1 byte', Buffer.from('x')],
+    ['random data', randomBytes(300_000)],
+    ['compressible data', input],
+    ['more than 16 MiB', Buffer.concat([...Array.from({ length: 16 }, () => input), randomBytes(512 * 1024)])],
+  ];
+
+  it('has an input of more than 16 MiB', () => {
+    expect(inputs.at(-1)![1].length).toBeGreaterThan(16 * 1024 * 1024);
+  });
+
+  it.each(inputs)('%s round-trips through Debian gzip and node:zlib', (_, data) => {
+    const compressed = compressBuffer('gzip', data);
+    expect(compressed.equals(gzipSync(data))).toBe(false); // libdeflate's, not zlib's
+    expectGunzips(compressed, data);
+  });
+
+  it.each(Array.from({ length: 9 }, (_, index) => index + 1))('level %i round-trips', (level) => {
+    expectGunzips(compressBuffer('gzip', input, level), input);
+  });
+
+  it('writes a plain header the kernel reads: deflate, no flags, no mtime', () => {
+    expect([...compressBuffer('gzip', input).subarray(0, 8)]).toEqual([0x1f, 0x8b, 8, 0, 0, 0, 0, 0]);
+  });
+
+  it('is smaller than node:zlib at the same level, and the same bytes every time', () => {
+    const once = compressBuffer('gzip', input);
+    expect(once.length).toBeLessThan(gzipSync(input, { level: 6 }).length);
+    expect(compressBuffer('gzip', input).equals(once)).toBe(true);
+  });
+
+  it('writes into the output buffer it is given, allocating nothing when it is big enough', () => {
+    const output = new ReusedBuffer();
+    const first = compressBuffer('gzip', input, 6, output);
+    const second = compressBuffer('gzip', input.subarray(1000), 6, output);
+    expect(second.buffer).toBe(first.buffer);
+    expectGunzips(second, input.subarray(1000));
+  });
+
+  it('is named in the shard identity and the log', () => {
+    expect(compressorIdentity('gzip')).toBe(`libdeflate ${addon.version()} (whole shards), zlib ${process.versions.zlib} (streamed)`);
+    expect(addon.version()).toMatch(/^\d+\.\d+$/);
+    expect(describeCompressor('gzip')).toBe(`compressing with ${compressorIdentity('gzip')}`);
+    expect(describeCompressor('zstd')).toBe(`compressing with zstd ${process.versions.zstd}`);
+  });
+
+  const big = Buffer.alloc(2 * input.length);
+
+  it.each([
+    ['a string as input', () => addon.gzipInto('text' as unknown as Uint8Array, Buffer.alloc(100), 6), TypeError, /input must be a Uint8Array/],
+    ['a Uint16Array as output', () => addon.gzipInto(input, new Uint16Array(100) as unknown as Uint8Array, 6), TypeError, /output must be a Uint8Array/],
+    ['a missing level', () => (addon.gzipInto as (...args: unknown[]) => number)(input, Buffer.alloc(100)), TypeError, /expected 3 arguments, got 2/],
+    ['level 0', () => addon.gzipInto(input, big, 0), RangeError, /level must be an integer from 1 to 12 \(got 0\)/],
+    ['level 13', () => addon.gzipInto(input, big, 13), RangeError, /level must be an integer from 1 to 12/],
+    ['level 2.5', () => addon.gzipInto(input, big, 2.5), RangeError, /level must be an integer/],
+    ['level "6"', () => addon.gzipInto(input, big, '6' as unknown as number), TypeError, /level must be a number/],
+    ['a negative length', () => addon.gzipBound(-1), RangeError, /length must be an integer from 0/],
+    ['a length of 2^53', () => addon.gzipBound(2 ** 53), RangeError, /length must be an integer/],
+    ['an output too small', () => addon.gzipInto(input, Buffer.alloc(100), 6), RangeError, /output is too small: allocate gzipBound/],
+    ['output sharing memory with input', () => addon.gzipInto(input.subarray(0, 1000), input.subarray(500, 5000), 6), RangeError, /must not share memory/],
+  ] as const)('the addon refuses %s', (_, call, type, message) => {
+    expect(call).toThrow(type);
+    expect(call).toThrow(message);
+  });
+});
+
+describe('gzip with RAMPACK_DEFLATE=zlib', () => {
+  it("writes node:zlib's bytes, which round-trip, under zlib's identity", () => {
+    vi.stubEnv('RAMPACK_DEFLATE', 'zlib');
+    const compressed = compressBuffer('gzip', input, 9);
+    expect(compressed.equals(gzipSync(input, { level: 9 }))).toBe(true);
+    expectGunzips(compressed, input);
+    expect(compressorIdentity('gzip')).toBe(`zlib ${process.versions.zlib}`);
+    expect(describeCompressor('gzip')).toBe(`compressing with zlib ${process.versions.zlib} (RAMPACK_DEFLATE=zlib)`);
+  });
+
+  it('refuses any other value with an InputError that says what to set', () => {
+    vi.stubEnv('RAMPACK_DEFLATE', 'libz');
+    expect(() => compressorIdentity('gzip')).toThrow(InputError);
+    expect(() => compressBuffer('gzip', input)).toThrow(/RAMPACK_DEFLATE=libz is not understood/);
+    expect(compressorIdentity('zstd')).toBe(`zstd ${process.versions.zstd}`);
+  });
 });
 
 describe('zstd', () => {

@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import { buffer } from 'node:stream/consumers';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { newcArchive } from '../../src/cpio/writer.ts';
+import { newcArchive, planNewcArchive } from '../../src/cpio/writer.ts';
 import { readNewcArchive, type CpioRecord, type ReadOptions } from '../../src/cpio/reader.ts';
 import { entryTypeOf, TYPE_BITS } from '../../src/cpio/newc.ts';
 import { InputError } from '../../src/errors.ts';
@@ -164,6 +164,23 @@ describe('newc writer, checked by GNU cpio and bsdtar', () => {
     const stream = newcArchive(entries());
     const bytes = await buffer(stream);
     expect(stream.stats).toEqual({ entries: entries().length, bytes: bytes.length });
+  });
+
+  it('writes the same bytes into one buffer and in pieces of a reused scratch buffer', async () => {
+    const streamed = await buffer(newcArchive(entries()));
+    const plan = planNewcArchive(entries());
+    const whole = Buffer.alloc(plan.size);
+    plan.writeInto(whole);
+    expect(whole.equals(streamed)).toBe(true);
+    // 4097: pieces end inside headers, names, padding and file ranges alike.
+    const scratch = Buffer.alloc(4097);
+    const pieces: Buffer[] = [];
+    for (const piece of plan.chunks(scratch)) {
+      expect(piece.buffer).toBe(scratch.buffer);
+      pieces.push(Buffer.from(piece));
+    }
+    expect(Buffer.concat(pieces).equals(streamed)).toBe(true);
+    expect(pieces.slice(0, -1).every((piece) => piece.length === scratch.length)).toBe(true);
   });
 
   it('streams file ranges in bounded chunks', async () => {

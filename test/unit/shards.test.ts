@@ -1,6 +1,14 @@
-import { describe, expect, it } from 'vitest';
-import { shardEntries, shardKeys } from '../../src/build/archive.ts';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { gunzipSync } from 'node:zlib';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { imageArchive, shardEntries, shardKeys, writeInitramfs, type ArchiveSettings } from '../../src/build/archive.ts';
+import { ShardWorkers } from '../../src/build/shard-workers.ts';
+import { readNewcArchive } from '../../src/cpio/reader.ts';
 import type { TreeEntry } from '../../src/tree/entry.ts';
+import { decompressedInitramfs } from '../helpers/initramfs.ts';
 
 const file = (path: string, size: number, inode?: number): TreeEntry => ({
   path, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, inode, data: { file: '/cache/layers/sha256/abc.tar', offset: 512, size },
@@ -62,5 +70,86 @@ describe('shard keys', () => {
     const linked = (inode: number) => [file('a', 10, inode), file('b', 0, inode), file('c', 5, inode + 1)];
     expect(imageArchiveKey(linked(1), settings)).toBe(imageArchiveKey(linked(40), settings));
     expect(imageArchiveKey(linked(1), settings)).not.toBe(imageArchiveKey([file('a', 10, 1), file('b', 0, 2), file('c', 5, 3)], settings));
+  });
+});
+
+describe('shards and the deflate implementation', () => {
+  afterEach(() => {
+    vi.unstubAllEnvs();
+  });
+
+  const entries: TreeEntry[] = [
+    { path: 'etc', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1 },
+    ...Array.from({ length: 4 }, (_, index): TreeEntry => ({
+      path: `etc/file-${index}`, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, data: Buffer.from(`line ${index}\n`.repeat(4000)),
+    })),
+  ];
+
+  it('keys gzip shards by libdeflate or node:zlib, and zstd shards by neither', () => {
+    const libdeflate = shardKeys([entries], { compression: 'gzip' });
+    const zstd = shardKeys([entries], { compression: 'zstd' });
+    vi.stubEnv('RAMPACK_DEFLATE', 'zlib');
+    expect(shardKeys([entries], { compression: 'gzip' })).not.toEqual(libdeflate);
+    expect(shardKeys([entries], { compression: 'zstd' })).toEqual(zstd);
+  });
+
+  it("never serves a part cached by one implementation as the other's", async () => {
+    const cacheDir = await mkdtemp(join(tmpdir(), 'rampack-shards-'));
+    const settings: ArchiveSettings = { compression: 'gzip', shardBytes: 16 * 1024 };
+    /** A build's initramfs, its image part written by worker threads (which see RAMPACK_DEFLATE as it is now) or taken from the cache. */
+    const build = async () => {
+      const workers = new ShardWorkers(cacheDir);
+      try {
+        const part = await imageArchive(entries, settings, cacheDir, workers, () => {});
+        const output = join(cacheDir, 'initramfs.cpio.gz');
+        await writeInitramfs(output, part, [], settings, cacheDir);
+        return { fromCache: part.fromCache, shards: part.parts.length, bytes: await readFile(output) };
+      } finally {
+        await workers.close();
+      }
+    };
+    try {
+      const libdeflate = await build();
+      vi.stubEnv('RAMPACK_DEFLATE', 'zlib');
+      const zlib = await build();
+      expect(libdeflate.shards).toBeGreaterThan(1);
+      expect(zlib.fromCache).toBe(false);
+      expect(zlib.bytes.equals(libdeflate.bytes)).toBe(false);
+      expect(gunzipSync(zlib.bytes).equals(gunzipSync(libdeflate.bytes))).toBe(true);
+      expect(await build()).toEqual({ ...zlib, fromCache: true });
+      vi.unstubAllEnvs();
+      expect(await build()).toEqual({ ...libdeflate, fromCache: true });
+    } finally {
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a shard holding a file bigger than a worker buffer', () => {
+  it('streams through the compressor and reads back byte for byte', async () => {
+    const cacheDir = await mkdtemp(join(tmpdir(), 'rampack-shards-'));
+    // 40 MiB with no period the compressor could shortcut, plus files on both sides.
+    const big = Buffer.alloc(40 * 1024 * 1024);
+    for (let at = 0; at < big.length; at += 4) big.writeUInt32LE((at * 2654435761) >>> 0, at);
+    const small = (path: string): TreeEntry => ({ path, type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, data: Buffer.from(`${path}\n`) });
+    const entries: TreeEntry[] = [
+      { path: 'opt', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1 },
+      small('opt/a'),
+      { path: 'opt/big', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, data: big },
+      small('opt/z'),
+    ];
+    const workers = new ShardWorkers(cacheDir);
+    try {
+      const settings: ArchiveSettings = { compression: 'zstd' };
+      const part = await imageArchive(entries, settings, cacheDir, workers, () => {});
+      const output = join(cacheDir, 'initramfs.cpio.zst');
+      await writeInitramfs(output, part, [], settings, cacheDir);
+      const records = await Array.fromAsync(readNewcArchive(Readable.from([decompressedInitramfs(output)])));
+      expect(records.map((record) => record.name)).toEqual(['opt', 'opt/a', 'opt/big', 'opt/z']);
+      expect(records[2]!.data!.equals(big)).toBe(true);
+    } finally {
+      await workers.close();
+      await rm(cacheDir, { recursive: true, force: true });
+    }
   });
 });

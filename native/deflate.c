@@ -1,0 +1,143 @@
+/*
+ * gzip through libdeflate, for rampack's shards (src/compress/native-deflate.ts).
+ * libdeflate compresses a whole buffer in one call, about twice as fast as
+ * zlib at the same level, with slightly smaller output.
+ *
+ *   gzipBound(length) -> number   worst-case output size at any level
+ *   gzipInto(input, output, level) -> number   bytes written to output
+ *   version() -> string   libdeflate's version
+ *
+ * Context-aware (NAPI_MODULE_INIT) and without state, so it loads in every
+ * worker thread. A compressor is not thread-safe, so each call makes its own:
+ * that costs microseconds, and keeping one per level measured no faster on
+ * 64 KiB or 16 MiB inputs.
+ */
+#define NAPI_VERSION 8
+#include <libdeflate.h>
+#include <node_api.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define MIN_LEVEL 1 /* 0 only stores: nothing here wants it */
+#define MAX_LEVEL 12
+#define MAX_SAFE_INTEGER 9007199254740991.0
+
+/* Throws unless `status` is napi_ok (a pending exception from N-API itself is kept). */
+static int failed(napi_env env, napi_status status) {
+  if (status == napi_ok) return 0;
+  bool pending = false;
+  napi_is_exception_pending(env, &pending);
+  if (!pending) napi_throw_error(env, NULL, "libdeflate addon: a Node-API call failed");
+  return 1;
+}
+
+/* An integer argument in [min, max], else a TypeError or RangeError naming it. */
+static int integer_arg(napi_env env, napi_value value, const char *name, double min, double max, double *out) {
+  napi_valuetype type;
+  if (failed(env, napi_typeof(env, value, &type))) return 0;
+  if (type != napi_number) {
+    char message[96];
+    snprintf(message, sizeof message, "%s must be a number", name);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
+    return 0;
+  }
+  double number;
+  if (failed(env, napi_get_value_double(env, value, &number))) return 0;
+  if (!(number >= min && number <= max) || number != (double)(int64_t)number) {
+    char message[128];
+    snprintf(message, sizeof message, "%s must be an integer from %.0f to %.0f (got %g)", name, min, max, number);
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", message);
+    return 0;
+  }
+  *out = number;
+  return 1;
+}
+
+/* The bytes of a Uint8Array (a Buffer is one), else a TypeError naming it. */
+static int bytes_arg(napi_env env, napi_value value, const char *name, uint8_t **data, size_t *length) {
+  bool is_typed_array = false;
+  if (failed(env, napi_is_typedarray(env, value, &is_typed_array))) return 0;
+  napi_typedarray_type type = napi_int8_array;
+  if (is_typed_array && failed(env, napi_get_typedarray_info(env, value, &type, length, (void **)data, NULL, NULL))) return 0;
+  if (!is_typed_array || type != napi_uint8_array) {
+    char message[96];
+    snprintf(message, sizeof message, "%s must be a Uint8Array or Buffer", name);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
+    return 0;
+  }
+  return 1;
+}
+
+static int get_args(napi_env env, napi_callback_info info, size_t expected, napi_value *args) {
+  size_t count = expected;
+  if (failed(env, napi_get_cb_info(env, info, &count, args, NULL, NULL))) return 0;
+  if (count < expected) {
+    char message[64];
+    snprintf(message, sizeof message, "expected %zu arguments, got %zu", expected, count);
+    napi_throw_type_error(env, "ERR_MISSING_ARGS", message);
+    return 0;
+  }
+  return 1;
+}
+
+static napi_value gzip_bound(napi_env env, napi_callback_info info) {
+  napi_value args[1], result;
+  double length;
+  if (!get_args(env, info, 1, args)) return NULL;
+  if (!integer_arg(env, args[0], "length", 0, MAX_SAFE_INTEGER, &length)) return NULL;
+  /* NULL: the bound over every compressor this libdeflate can make. */
+  size_t bound = libdeflate_gzip_compress_bound(NULL, (size_t)length);
+  if (failed(env, napi_create_double(env, (double)bound, &result))) return NULL;
+  return result;
+}
+
+static int overlaps(const uint8_t *a, size_t a_length, const uint8_t *b, size_t b_length) {
+  return a_length > 0 && b_length > 0 && a < b + b_length && b < a + a_length;
+}
+
+static napi_value gzip_into(napi_env env, napi_callback_info info) {
+  napi_value args[3], result;
+  uint8_t *input, *output;
+  size_t input_length, output_length;
+  double level;
+  if (!get_args(env, info, 3, args)) return NULL;
+  if (!bytes_arg(env, args[0], "input", &input, &input_length)) return NULL;
+  if (!bytes_arg(env, args[1], "output", &output, &output_length)) return NULL;
+  if (!integer_arg(env, args[2], "level", MIN_LEVEL, MAX_LEVEL, &level)) return NULL;
+  if (overlaps(input, input_length, output, output_length)) {
+    napi_throw_range_error(env, "ERR_OUT_OF_RANGE", "input and output must not share memory");
+    return NULL;
+  }
+  struct libdeflate_compressor *compressor = libdeflate_alloc_compressor((int)level);
+  if (compressor == NULL) {
+    napi_throw_error(env, "ERR_MEMORY_ALLOCATION_FAILED", "libdeflate: out of memory for a compressor");
+    return NULL;
+  }
+  size_t written = libdeflate_gzip_compress(compressor, input, input_length, output, output_length);
+  libdeflate_free_compressor(compressor);
+  if (written == 0) {
+    /* A gzip member is never empty: 0 means it did not fit. */
+    napi_throw_range_error(env, "ERR_BUFFER_TOO_SMALL", "output is too small: allocate gzipBound(input.length) bytes");
+    return NULL;
+  }
+  if (failed(env, napi_create_double(env, (double)written, &result))) return NULL;
+  return result;
+}
+
+static napi_value version(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value result;
+  if (failed(env, napi_create_string_utf8(env, LIBDEFLATE_VERSION_STRING, NAPI_AUTO_LENGTH, &result))) return NULL;
+  return result;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor functions[] = {
+    { "gzipBound", NULL, gzip_bound, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "gzipInto", NULL, gzip_into, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "version", NULL, version, NULL, NULL, NULL, napi_enumerable, NULL },
+  };
+  if (failed(env, napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions))) return NULL;
+  return exports;
+}
