@@ -144,7 +144,8 @@ describe('a shard holding a file bigger than a worker buffer', () => {
       const part = await imageArchive(entries, settings, cacheDir, workers, () => {});
       const output = join(cacheDir, 'initramfs.cpio.zst');
       await writeInitramfs(output, part, [], settings, cacheDir);
-      const records = await Array.fromAsync(readNewcArchive(Readable.from([decompressedInitramfs(output)])));
+      const records = [];
+      for await (const record of readNewcArchive(Readable.from([decompressedInitramfs(output)]))) records.push(record);
       expect(records.map((record) => record.name)).toEqual(['opt', 'opt/a', 'opt/big', 'opt/z']);
       expect(records[2]!.data!.equals(big)).toBe(true);
     } finally {
