@@ -12,73 +12,50 @@
  * that costs microseconds, and keeping one per level measured no faster on
  * 64 KiB or 16 MiB inputs.
  */
-#define NAPI_VERSION 8
+#define ADDON_NAME "libdeflate"
+#include "addon.h"
 #include <libdeflate.h>
-#include <node_api.h>
-#include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 
 #define MIN_LEVEL 1 /* 0 only stores: nothing here wants it */
 #define MAX_LEVEL 12
 #define MAX_SAFE_INTEGER 9007199254740991.0
 
-/* Throws unless `status` is napi_ok (a pending exception from N-API itself is kept). */
-static int failed(napi_env env, napi_status status) {
-  if (status == napi_ok) return 0;
-  bool pending = false;
-  napi_is_exception_pending(env, &pending);
-  if (!pending) napi_throw_error(env, NULL, "libdeflate addon: a Node-API call failed");
-  return 1;
-}
-
 /* An integer argument in [min, max], else a TypeError or RangeError naming it. */
-static int integer_arg(napi_env env, napi_value value, const char *name, double min, double max, double *out) {
+static bool integer_arg(napi_env env, napi_value value, const char *name, double min, double max, double *out) {
   napi_valuetype type;
-  if (failed(env, napi_typeof(env, value, &type))) return 0;
+  if (failed(env, napi_typeof(env, value, &type))) return false;
   if (type != napi_number) {
     char message[96];
     snprintf(message, sizeof message, "%s must be a number", name);
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
-    return 0;
+    return false;
   }
   double number;
-  if (failed(env, napi_get_value_double(env, value, &number))) return 0;
+  if (failed(env, napi_get_value_double(env, value, &number))) return false;
   if (!(number >= min && number <= max) || number != (double)(int64_t)number) {
     char message[128];
     snprintf(message, sizeof message, "%s must be an integer from %.0f to %.0f (got %g)", name, min, max, number);
     napi_throw_range_error(env, "ERR_OUT_OF_RANGE", message);
-    return 0;
+    return false;
   }
   *out = number;
-  return 1;
+  return true;
 }
 
 /* The bytes of a Uint8Array (a Buffer is one), else a TypeError naming it. */
-static int bytes_arg(napi_env env, napi_value value, const char *name, uint8_t **data, size_t *length) {
+static bool bytes_arg(napi_env env, napi_value value, const char *name, uint8_t **data, size_t *length) {
   bool is_typed_array = false;
-  if (failed(env, napi_is_typedarray(env, value, &is_typed_array))) return 0;
+  if (failed(env, napi_is_typedarray(env, value, &is_typed_array))) return false;
   napi_typedarray_type type = napi_int8_array;
-  if (is_typed_array && failed(env, napi_get_typedarray_info(env, value, &type, length, (void **)data, NULL, NULL))) return 0;
+  if (is_typed_array && failed(env, napi_get_typedarray_info(env, value, &type, length, (void **)data, NULL, NULL))) return false;
   if (!is_typed_array || type != napi_uint8_array) {
     char message[96];
     snprintf(message, sizeof message, "%s must be a Uint8Array or Buffer", name);
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
-    return 0;
+    return false;
   }
-  return 1;
-}
-
-static int get_args(napi_env env, napi_callback_info info, size_t expected, napi_value *args) {
-  size_t count = expected;
-  if (failed(env, napi_get_cb_info(env, info, &count, args, NULL, NULL))) return 0;
-  if (count < expected) {
-    char message[64];
-    snprintf(message, sizeof message, "expected %zu arguments, got %zu", expected, count);
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", message);
-    return 0;
-  }
-  return 1;
+  return true;
 }
 
 static napi_value gzip_bound(napi_env env, napi_callback_info info) {
@@ -127,17 +104,14 @@ static napi_value gzip_into(napi_env env, napi_callback_info info) {
 
 static napi_value version(napi_env env, napi_callback_info info) {
   (void)info;
-  napi_value result;
-  if (failed(env, napi_create_string_utf8(env, LIBDEFLATE_VERSION_STRING, NAPI_AUTO_LENGTH, &result))) return NULL;
-  return result;
+  return string_value(env, LIBDEFLATE_VERSION_STRING);
 }
 
 NAPI_MODULE_INIT() {
-  napi_property_descriptor functions[] = {
-    { "gzipBound", NULL, gzip_bound, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "gzipInto", NULL, gzip_into, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "version", NULL, version, NULL, NULL, NULL, napi_enumerable, NULL },
+  const napi_property_descriptor functions[] = {
+    ADDON_FUNCTION("gzipBound", gzip_bound),
+    ADDON_FUNCTION("gzipInto", gzip_into),
+    ADDON_FUNCTION("version", version),
   };
-  if (failed(env, napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions))) return NULL;
-  return exports;
+  return export_functions(env, exports, functions, sizeof functions / sizeof functions[0]);
 }

@@ -15,12 +15,10 @@
  * checks the trailer's CRC-32 and ISIZE. Context-aware (NAPI_MODULE_INIT)
  * and without global state, so it loads in worker threads too.
  */
-#define NAPI_VERSION 8
+#define ADDON_NAME "ISA-L"
+#include "addon.h"
 #include <isa-l.h>
-#include <node_api.h>
-#include <stdbool.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,26 +78,6 @@ struct inflater {
 static const napi_type_tag INFLATER_TAG = { 0x9b1d6c0a4e2f4b7aULL, 0x8c3e5d2f1a6b4c90ULL };
 
 /* Throws unless `status` is napi_ok (a pending exception from Node-API itself is kept). */
-static bool failed(napi_env env, napi_status status) {
-  if (status == napi_ok) return false;
-  bool pending = false;
-  napi_is_exception_pending(env, &pending);
-  if (!pending) napi_throw_error(env, NULL, "ISA-L addon: a Node-API call failed");
-  return true;
-}
-
-static bool get_args(napi_env env, napi_callback_info info, size_t expected, napi_value *args) {
-  size_t count = expected;
-  if (failed(env, napi_get_cb_info(env, info, &count, args, NULL, NULL))) return false;
-  if (count < expected) {
-    char message[64];
-    snprintf(message, sizeof message, "expected %zu arguments, got %zu", expected, count);
-    napi_throw_type_error(env, "ERR_MISSING_ARGS", message);
-    return false;
-  }
-  return true;
-}
-
 /* The inflater behind a handle from createInflater(), else a TypeError. */
 static struct inflater *inflater_arg(napi_env env, napi_value value) {
   bool tagged = false;
@@ -443,19 +421,15 @@ static napi_value close_inflater(napi_env env, napi_callback_info info) {
 
 static napi_value version(napi_env env, napi_callback_info info) {
   (void)info;
-  napi_value result;
-  const char *text = VERSION_STRING(ISAL_MAJOR_VERSION, ISAL_MINOR_VERSION, ISAL_PATCH_VERSION);
-  if (failed(env, napi_create_string_utf8(env, text, NAPI_AUTO_LENGTH, &result))) return NULL;
-  return result;
+  return string_value(env, VERSION_STRING(ISAL_MAJOR_VERSION, ISAL_MINOR_VERSION, ISAL_PATCH_VERSION));
 }
 
 NAPI_MODULE_INIT() {
-  napi_property_descriptor functions[] = {
-    { "createInflater", NULL, create_inflater, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "inflate", NULL, inflate, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "close", NULL, close_inflater, NULL, NULL, NULL, napi_enumerable, NULL },
-    { "version", NULL, version, NULL, NULL, NULL, napi_enumerable, NULL },
+  const napi_property_descriptor functions[] = {
+    ADDON_FUNCTION("createInflater", create_inflater),
+    ADDON_FUNCTION("inflate", inflate),
+    ADDON_FUNCTION("close", close_inflater),
+    ADDON_FUNCTION("version", version),
   };
-  if (failed(env, napi_define_properties(env, exports, sizeof functions / sizeof functions[0], functions))) return NULL;
-  return exports;
+  return export_functions(env, exports, functions, sizeof functions / sizeof functions[0]);
 }

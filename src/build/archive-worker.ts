@@ -61,7 +61,7 @@ async function writeShard(job: ShardJob): Promise<ShardResult> {
 async function streamShard(plan: NewcPlan, job: ShardJob): Promise<void> {
   const compressor = createCompressor(job.compression, job.level);
   const feed = async () => {
-    for (const piece of plan.chunks(archiveBuffer.take(ONE_SHOT_LIMIT))) {
+    for (const piece of plan.chunks(archiveBuffer.take(SHARD_BYTES))) {
       await new Promise<void>((resolve, reject) => compressor.write(piece, (error) => (error ? reject(error) : resolve())));
     }
     compressor.end();

@@ -4,14 +4,18 @@
  * measure node:zlib twice.
  */
 import { existsSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { ADDONS, buildAddon, type AddonSpec } from '../../scripts/build-native.ts';
 import type { LoadedAddon } from '../../src/compress/addon.ts';
 import { loadNativeDeflate, type NativeDeflate } from '../../src/compress/native-deflate.ts';
 import { loadNativeInflate, type NativeInflate } from '../../src/compress/native-inflate.ts';
 import { ensureTools, TOOLS } from './system.ts';
 
+/** The header every addon includes beside its own source. */
+const SHARED_HEADER = fileURLToPath(new URL('../../native/addon.h', import.meta.url));
+
 function upToDate(spec: AddonSpec): boolean {
-  return existsSync(spec.output) && statSync(spec.output).mtimeMs >= statSync(spec.source).mtimeMs;
+  return existsSync(spec.output) && [spec.source, SHARED_HEADER].every((input) => statSync(spec.output).mtimeMs >= statSync(input).mtimeMs);
 }
 
 function loaded<T>(result: LoadedAddon<T>): T {
