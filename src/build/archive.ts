@@ -67,7 +67,7 @@ export interface ImageArchive {
 /** Uncompressed bytes per shard: large enough that restarting the codec costs nothing measurable. */
 export const SHARD_BYTES = 16 * 1024 * 1024;
 /** Bumped whenever the archive layout changes, so old cache entries are not reused. */
-const LAYOUT_VERSION = 3;
+const LAYOUT_VERSION = 4;
 
 /** Data identity of an entry: a byte range of a content-addressed layer tar, or the hash of its bytes. */
 function dataIdentity(entry: TreeEntry): string {
@@ -110,8 +110,11 @@ export function shardKeys(shards: readonly (readonly TreeEntry[])[], settings: A
 }
 
 /**
- * Cuts sorted entries into runs of about `shardBytes` of data. A cut never
- * falls inside a hard-link group (the kernel links only within one archive).
+ * Cuts sorted entries into runs of about `shardBytes` of data. A big file
+ * that would take a shard past twice that starts a shard of its own instead,
+ * so shards stay within what a worker compresses in one buffer (in one call)
+ * unless one file alone is bigger. A cut never falls inside a hard-link group
+ * (the kernel links only within one archive).
  */
 export function shardEntries(entries: readonly TreeEntry[], shardBytes = SHARD_BYTES): TreeEntry[][] {
   const lastMember = new Map<number, number>();
@@ -120,15 +123,18 @@ export function shardEntries(entries: readonly TreeEntry[], shardBytes = SHARD_B
   let current: TreeEntry[] = [];
   let bytes = 0;
   let openGroupsUntil = -1;
+  const cut = () => {
+    shards.push(current);
+    current = [];
+    bytes = 0;
+  };
   entries.forEach((entry, index) => {
+    const size = dataSize(entry);
+    if (bytes > 0 && bytes + size > 2 * shardBytes && index > openGroupsUntil) cut();
     current.push(entry);
-    bytes += dataSize(entry);
+    bytes += size;
     if (entry.inode !== undefined) openGroupsUntil = Math.max(openGroupsUntil, lastMember.get(entry.inode)!);
-    if (bytes >= shardBytes && index >= openGroupsUntil) {
-      shards.push(current);
-      current = [];
-      bytes = 0;
-    }
+    if (bytes >= shardBytes && index >= openGroupsUntil) cut();
   });
   if (current.length > 0 || shards.length === 0) shards.push(current);
   return shards;

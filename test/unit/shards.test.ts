@@ -22,6 +22,12 @@ describe('sharding the image part', () => {
     expect(shards.flat()).toEqual(entries);
   });
 
+  it('starts a file that would take a shard past twice the shard size in a shard of its own', () => {
+    const entries = [file('a', 60), file('big', 180), file('c', 30), file('d', 80), file('huge', 500), file('e', 10)];
+    const shards = shardEntries(entries, 100);
+    expect(shards.map((shard) => shard.map((e) => e.path))).toEqual([['a'], ['big'], ['c', 'd'], ['huge'], ['e']]);
+  });
+
   it('never cuts inside a hard-link group', () => {
     const entries = [file('a', 100, 7), file('b', 100), file('c', 100), file('d', 0, 7), file('e', 100)];
     const shards = shardEntries(entries, 100);
