@@ -8,6 +8,7 @@
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 /* Whether a Node-API call failed; then an exception is pending (N-API's own, or ours when it left none). */
@@ -27,6 +28,21 @@ static bool get_args(napi_env env, napi_callback_info info, size_t expected, nap
     char message[64];
     snprintf(message, sizeof message, "expected %zu arguments, got %zu", expected, count);
     napi_throw_type_error(env, "ERR_MISSING_ARGS", message);
+    return false;
+  }
+  return true;
+}
+
+/* The bytes of a Uint8Array (a Buffer is one), else a TypeError naming it. */
+static bool bytes_arg(napi_env env, napi_value value, const char *name, uint8_t **data, size_t *length) {
+  bool is_typed_array = false;
+  if (failed(env, napi_is_typedarray(env, value, &is_typed_array))) return false;
+  napi_typedarray_type type = napi_int8_array;
+  if (is_typed_array && failed(env, napi_get_typedarray_info(env, value, &type, length, (void **)data, NULL, NULL))) return false;
+  if (!is_typed_array || type != napi_uint8_array) {
+    char message[96];
+    snprintf(message, sizeof message, "%s must be a Uint8Array or Buffer", name);
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
     return false;
   }
   return true;

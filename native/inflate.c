@@ -93,21 +93,6 @@ static struct inflater *inflater_arg(napi_env env, napi_value value) {
   return inflater;
 }
 
-/* The bytes of a Uint8Array (a Buffer is one), else a TypeError naming it. */
-static bool bytes_arg(napi_env env, napi_value value, const char *name, uint8_t **data, size_t *length) {
-  bool is_typed_array = false;
-  if (failed(env, napi_is_typedarray(env, value, &is_typed_array))) return false;
-  napi_typedarray_type type = napi_int8_array;
-  if (is_typed_array && failed(env, napi_get_typedarray_info(env, value, &type, length, (void **)data, NULL, NULL))) return false;
-  if (!is_typed_array || type != napi_uint8_array) {
-    char message[96];
-    snprintf(message, sizeof message, "%s must be a Uint8Array or Buffer", name);
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", message);
-    return false;
-  }
-  return true;
-}
-
 static bool function_arg(napi_env env, napi_value value, const char *name) {
   napi_valuetype type;
   if (failed(env, napi_typeof(env, value, &type))) return false;
