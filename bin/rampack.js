@@ -26,8 +26,12 @@ if (major < 22 || (major === 22 && minor < 15)) {
   process.exit(result.status ?? 1);
 }
 if (typeof process.execve === 'function' && !HEAP_FLAGS.every((flag) => process.execArgv.includes(flag))) {
-  // Replaces this process (same pid, signals and exit status go straight to the new one).
-  process.execve(process.execPath, [process.execPath, ...HEAP_FLAGS, ...process.execArgv, script, ...process.argv.slice(2)]);
+  try {
+    // Replaces this process (same pid, signals and exit status go straight to the new one).
+    process.execve(process.execPath, [process.execPath, ...HEAP_FLAGS, ...process.execArgv, script, ...process.argv.slice(2)]);
+  } catch {
+    // A sandbox that forbids execve: run as we are, only with more garbage collection.
+  }
 }
 // Compiled code of rampack's modules is cached between runs (in the OS temp dir): warm rebuilds start faster.
 module.enableCompileCache?.();
