@@ -291,6 +291,25 @@ describe('inspect and diff', () => {
   });
 });
 
+describe('the launcher (bin/rampack.js)', () => {
+  it('replaces itself with a Node that has the heap flags, keeping its pid, arguments and exit status', async () => {
+    // Each Node the launcher runs reports itself on stderr as it starts.
+    // (no spaces: NODE_OPTIONS splits on them)
+    const report = 'data:text/javascript,console.error(JSON.stringify({pid:process.pid,execArgv:process.execArgv}))';
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [join(REPO_ROOT, 'bin', 'rampack.js'), '--version'], {
+      env: { ...process.env, NODE_OPTIONS: `--import=${report}` },
+    });
+    expect(stdout.trim()).toBe(JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')).version);
+    const starts = stderr.trim().split('\n').map((line) => JSON.parse(line) as { pid: number; execArgv: string[] });
+    expect(starts).toHaveLength(2);
+    expect(starts[0]!.execArgv).not.toContain('--initial-old-space-size=128');
+    expect(starts[1]!.execArgv).toEqual(expect.arrayContaining(['--initial-old-space-size=128', '--max-semi-space-size=2']));
+    expect(starts[1]!.pid).toBe(starts[0]!.pid);
+    const failing = await promisify(execFile)(process.execPath, [join(REPO_ROOT, 'bin', 'rampack.js'), 'no-such-command']).catch((error: { code: number }) => error);
+    expect((failing as { code: number }).code).toBe(2);
+  });
+});
+
 describe('help, completion and exit codes', () => {
   it('has --help with examples for every command', async () => {
     for (const command of ['build', 'inspect', 'diff', 'verify', 'completion']) {
