@@ -8,9 +8,9 @@
 import { PassThrough, type Transform } from 'node:stream';
 import zlib from 'node:zlib';
 import { InputError } from '../errors.ts';
-import { IsalGunzip, nativeInflate } from './native-inflate.ts';
 import { ReusedBuffer } from '../util/reused-buffer.ts';
 import { nativeDeflate, type NativeDeflate } from './native-deflate.ts';
+import { IsalGunzip, nativeInflate } from './native-inflate.ts';
 import { OUTPUT_CHUNK, ZstdFramesDecompress } from './zstd-frames.ts';
 
 export { CorruptStreamError, isCorruptStreamError } from './errors.ts';

@@ -90,19 +90,20 @@ export interface NewcPlan {
 
 export function planNewcArchive(entries: Iterable<TreeEntry>, options: NewcOptions = {}): NewcPlan {
   const records = planArchive([...entries], options);
-  const size = records.reduce((sum, record) => sum + recordSize(record), 0) + recordSize({ name: TRAILER_NAME, header: TRAILER_HEADER });
+  const bytes = records.reduce((sum, record) => sum + recordSize(record), 0) + recordSize({ name: TRAILER_NAME, header: TRAILER_HEADER });
+  const size = bytes + paddingFor(bytes, ARCHIVE_ALIGNMENT);
+  const chunks = (scratch: Buffer) => filledChunks(records, scratch, options.partialFiles);
   return {
-    size: size + paddingFor(size, ARCHIVE_ALIGNMENT),
+    size,
     stream() {
       const stats: ArchiveStats = { entries: 0, bytes: 0 };
       return Object.assign(Readable.from(streamChunks(records, stats, options.partialFiles), { objectMode: false }), { stats });
     },
     writeInto(target) {
-      writePieces(records, target, options.partialFiles);
+      // A scratch buffer of exactly the archive's size is filled in one piece.
+      for (const piece of chunks(target.subarray(0, size))) void piece;
     },
-    chunks(scratch) {
-      return filledChunks(records, scratch, options.partialFiles);
-    },
+    chunks,
   };
 }
 
@@ -264,19 +265,6 @@ function* streamChunks(records: readonly PlannedRecord[], stats: ArchiveStats, p
   }
 }
 
-function writePieces(records: readonly PlannedRecord[], target: Buffer, partialFiles?: ReadonlyMap<string, string>): void {
-  const ranges = new RangeReader(partialFiles);
-  let at = 0;
-  try {
-    for (const piece of archivePieces(records)) {
-      if (Buffer.isBuffer(piece)) at += piece.copy(target, at);
-      else at += ranges.readInto(piece.range, piece.name, target, at);
-    }
-  } finally {
-    ranges.close();
-  }
-}
-
 function* filledChunks(records: readonly PlannedRecord[], scratch: Buffer, partialFiles?: ReadonlyMap<string, string>): Generator<Buffer> {
   const ranges = new RangeReader(partialFiles);
   let at = 0;
@@ -339,12 +327,6 @@ class RangeReader {
       position += bytesRead;
       yield chunk.subarray(0, bytesRead);
     }
-  }
-
-  /** Reads the whole range into `target` at `at`; returns its size. */
-  readInto(range: FileRange, entryPath: string, target: Buffer, at: number): number {
-    this.readPart(range, entryPath, 0, target.subarray(at, at + range.size));
-    return range.size;
   }
 
   /** Fills `target` with the range's bytes from `from` on. */
