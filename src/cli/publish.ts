@@ -3,16 +3,19 @@ import { resolve } from 'node:path';
 import { Command } from 'commander';
 import { UsageError } from '../errors.ts';
 import { parseImageReference } from '../image/reference.ts';
-import { loadSigningKey, SIGNING_KEY_ENV } from '../manifest/sign.ts';
+import { DEFAULT_VALIDITY } from '../manifest/freshness.ts';
+import { loadSigningKeys, SIGNING_KEY_ENV } from '../manifest/sign.ts';
 import { publishToDirectory } from '../publish/directory.ts';
-import { publishToRegistry } from '../publish/registry.ts';
+import { pinnedReference, publishToRegistry } from '../publish/registry.ts';
+import { collectValues } from './manifest.ts';
 import { createOutput } from './progress.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
 interface PublishFlags extends RegistryFlags {
   to?: string;
   registry?: string;
-  key?: string;
+  key: string[];
+  expires?: string;
   prune?: boolean;
   quiet?: boolean;
   verbose?: boolean;
@@ -24,7 +27,8 @@ async function runPublish(manifest: string, flags: PublishFlags): Promise<void> 
   if (!flags.registry && (flags.username || flags.passwordStdin || flags.caFile || flags.insecureRegistry.length > 0)) {
     throw new UsageError('--username, --password-stdin, --ca-file and --insecure-registry apply to --registry only');
   }
-  const signingKey = flags.key || process.env[SIGNING_KEY_ENV] ? await loadSigningKey(flags.key) : undefined;
+  const signingKeys = flags.key.length > 0 || process.env[SIGNING_KEY_ENV] ? await loadSigningKeys(flags.key) : [];
+  const signed = signingKeys.length > 0 ? ', signed' : '';
   const output = createOutput(flags);
   const log = output.log;
   const destination = flags.registry ?? resolve(flags.to!);
@@ -37,13 +41,14 @@ async function runPublish(manifest: string, flags: PublishFlags): Promise<void> 
         reporter.start('publish');
         if (flags.registry) {
           const push = { log, ...(await registryOptionsFrom(flags)) };
-          const digest = await publishToRegistry(resolve(manifest), parseImageReference(flags.registry), { signingKey, log, push });
-          result = { reference: flags.registry, digest };
-          reporter.end('publish', `${flags.registry} (${digest})`);
+          const target = parseImageReference(flags.registry);
+          const published = await publishToRegistry(resolve(manifest), target, { signingKeys, expires: flags.expires, log, push });
+          result = { reference: flags.registry, pinned: pinnedReference(target, published.digest), ...published };
+          reporter.end('publish', `${flags.registry} serial ${published.serial}${signed}: ${published.digest}`);
         } else {
-          const published = await publishToDirectory(resolve(manifest), destination, { signingKey, prune: flags.prune, log });
+          const published = await publishToDirectory(resolve(manifest), destination, { signingKeys, expires: flags.expires, prune: flags.prune, log });
           result = published;
-          reporter.end('publish', `${published.copied.length} files copied, ${published.reused.length} already there${signingKey ? ', signed' : ''}`);
+          reporter.end('publish', `serial ${published.serial}${signed}: ${published.copied.length} files copied, ${published.reused.length} already there`);
         }
       },
     },
@@ -57,7 +62,8 @@ export function publishCommand(): Command {
     .argument('[manifest]', 'manifest to publish', 'out/manifest.json')
     .option('--to <dir>', 'destination directory (what a static web server or object store sync serves)')
     .option('--registry <ref>', 'destination registry repository and tag, HOST/REPO:TAG (credentials from --username/--password-stdin, else docker login)')
-    .option('--key <file>', `sign the published manifest with this private key (default: ${SIGNING_KEY_ENV} when set)`)
+    .option('--key <file>', `sign the published manifest with this private key, repeatable (old and new during a rotation; default: ${SIGNING_KEY_ENV} when set)`, collectValues, [])
+    .option('--expires <when>', `how long the published manifest stays valid (12h, 30d) or until when (RFC 3339); default ${DEFAULT_VALIDITY} when signed`)
     .option('--prune', 'with --to: remove files the new manifest does not name (readers of older manifests lose them)')
     .option('-q, --quiet', 'print warnings and errors only')
     .option('-v, --verbose', 'print more detail');
@@ -67,7 +73,10 @@ export function publishCommand(): Command {
       `
 Directory layout: DIR/files/<language>-<version>-<arch>-<sha256>.cpio.<gz|zst>, DIR/manifest.json.sig,
 DIR/manifest.json. Registry: an OCI artifact (artifactType application/vnd.rampack.manifest.v1+json)
-whose layers are manifest.json, its signature and the initramfs files. See docs/publishing.md.
+whose layers are manifest.json, its signature and the initramfs files; readers select them by
+mediaType. The published manifest's serial is one above both the source's and the one the
+destination serves now. stdout is one JSON line: serial, expires and, for a registry, the pushed
+digest and the pinned reference (HOST/REPO@sha256:...). See docs/publishing.md.
 
 Examples:
   rampack publish out/manifest.json --to /srv/www/initramfs --key rampack-signing.key

@@ -13,7 +13,7 @@ import { schemaProblems } from '../recipe/json-schema.ts';
 import { writeFileAtomically } from '../util/atomic.ts';
 import { TOOL_VERSION } from '../version.ts';
 
-export const MANIFEST_SCHEMA_VERSION = 1;
+export const MANIFEST_SCHEMA_VERSION = 2;
 export const MANIFEST_FILE = 'manifest.json';
 
 export interface ManifestImage {
@@ -42,6 +42,13 @@ export interface ManifestImage {
 export interface Manifest {
   schemaVersion: number;
   generator: { name: 'rampack'; version: string };
+  /**
+   * Monotonic number of this signed content (docs/manifest.md, "Freshness"):
+   * set by `manifest sign` and `publish`, kept by builds so the next signing goes above it.
+   */
+  serial?: number;
+  /** RFC 3339 UTC time after which readers refuse the manifest; set with the serial. */
+  expires?: string;
   images: ManifestImage[];
 }
 
@@ -57,6 +64,18 @@ export function emptyManifest(): Manifest {
   return { schemaVersion: MANIFEST_SCHEMA_VERSION, generator: { name: 'rampack', version: TOOL_VERSION }, images: [] };
 }
 
+/** What `manifest sign` and `publish` set on the top level (docs/manifest.md, "Freshness"). */
+export interface Freshness {
+  serial: number;
+  expires?: string;
+}
+
+/** The manifest with this serial and expiry (none when `expires` is undefined), top-level fields before the images. */
+export function withFreshness(manifest: Manifest, freshness: Freshness): Manifest {
+  const { schemaVersion, generator, images } = manifest;
+  return { schemaVersion, generator, serial: freshness.serial, ...(freshness.expires === undefined ? {} : { expires: freshness.expires }), images };
+}
+
 /** Parses and validates manifest text; `path` names it in errors. */
 export async function parseManifest(text: string, path: string): Promise<Manifest> {
   let manifest: Manifest;
@@ -67,7 +86,7 @@ export async function parseManifest(text: string, path: string): Promise<Manifes
   }
   if (manifest?.schemaVersion !== MANIFEST_SCHEMA_VERSION) {
     throw new InputError(`manifest ${path} has schemaVersion ${String(manifest?.schemaVersion)}; this rampack writes ${MANIFEST_SCHEMA_VERSION}`, {
-      hint: 'write to another --out directory or remove the old manifest',
+      hint: 'it was written by another rampack version: rebuild it with this one (or write to another --out directory)',
     });
   }
   const problems = await schemaProblems('manifest.schema.json', manifest);
@@ -79,10 +98,15 @@ export async function parseManifest(text: string, path: string): Promise<Manifes
 
 /** Reads a manifest that must exist, with its exact bytes (what a signature covers). */
 export async function loadManifest(path: string): Promise<{ manifest: Manifest; bytes: Buffer }> {
-  const bytes = await readFile(path).catch((error: NodeJS.ErrnoException) => {
+  const bytes = await readManifestBytes(path);
+  return { manifest: await parseManifest(bytes.toString('utf8'), path), bytes };
+}
+
+/** The bytes of a manifest that must exist, unparsed: a signature is checked before they are read as JSON. */
+export async function readManifestBytes(path: string): Promise<Buffer> {
+  return readFile(path).catch((error: NodeJS.ErrnoException) => {
     throw new InputError(`cannot read manifest ${path}: ${error.code ?? error.message}`);
   });
-  return { manifest: await parseManifest(bytes.toString('utf8'), path), bytes };
 }
 
 /** Reads a manifest; a missing file is an empty manifest. */
@@ -114,7 +138,10 @@ export function mergeImages(manifest: Manifest, images: readonly ManifestImage[]
     }
     byKey.set(imageKey(image), image);
   }
-  return { ...emptyManifest(), images: [...byKey.values()].sort(compareImages) };
+  const merged = { ...emptyManifest(), images: [...byKey.values()].sort(compareImages) };
+  // The serial stays so the next `manifest sign` numbers the new content above it, never at it again;
+  // `expires` goes: it belonged to a signature that no longer matches.
+  return manifest.serial === undefined ? merged : withFreshness(merged, { serial: manifest.serial });
 }
 
 export function serializeManifest(manifest: Manifest): string {

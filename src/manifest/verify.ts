@@ -1,7 +1,7 @@
 /**
- * `rampack manifest verify`: a manifest's signature, and every file it
- * names checked against its size and sha256, as a runtime would before
- * booting one.
+ * `rampack manifest verify`: a manifest's signatures, its freshness (expiry,
+ * serial against the last one accepted), and every file it names checked
+ * against its size and sha256, as a runtime would before booting one.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -10,8 +10,10 @@ import { dirname, relative, resolve, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { KeyObject } from 'node:crypto';
 import { VerificationError } from '../errors.ts';
-import { loadManifest, type ManifestImage } from './manifest.ts';
-import { SIGNATURE_SUFFIX, verifySignature } from './sign.ts';
+import { digestHex, sha256Digest } from '../util/digest.ts';
+import { checkFreshness, formatTimestamp, readAcceptedState, writeAcceptedState } from './freshness.ts';
+import { parseManifest, readManifestBytes, type ManifestImage } from './manifest.ts';
+import { SIGNATURE_SUFFIX, verifySignatures } from './sign.ts';
 
 export async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
@@ -52,21 +54,57 @@ export async function verifyManifestFiles(manifestPath: string, images: readonly
   }
 }
 
-export interface VerifyResult {
-  images: number;
-  signatureChecked: boolean;
+export interface VerifyOptions {
+  /** Trusted public keys; with none the signature and the fields only signed manifests must carry are not checked. */
+  keys?: readonly KeyObject[];
+  /** The last serial accepted: a lower one is a rollback. */
+  minSerial?: number;
+  /** The runtime's state file: read for the last accepted serial, updated once everything passed. */
+  statePath?: string;
+  now?: Date;
+  clockSkewMs?: number;
 }
 
-/** Signature (when a key is given) first, then the files. */
-export async function verifyManifest(manifestPath: string, publicKey?: KeyObject): Promise<VerifyResult> {
-  const { manifest, bytes } = await loadManifest(manifestPath);
-  if (publicKey) {
-    const signaturePath = `${manifestPath}${SIGNATURE_SUFFIX}`;
-    const signature = await readFile(signaturePath, 'utf8').catch(() => {
-      throw new VerificationError(`manifest ${manifestPath} has no signature ${signaturePath}`, { hint: 'sign it with `rampack manifest sign`' });
-    });
-    verifySignature(bytes, signature, publicKey, `manifest ${manifestPath}`);
-  }
+export interface VerifyResult {
+  images: number;
+  /** The trusted key whose signature verified; undefined when no key was given. */
+  keyId?: string;
+  serial?: number;
+  expires?: string;
+}
+
+async function readSignature(manifestPath: string): Promise<string> {
+  const signaturePath = `${manifestPath}${SIGNATURE_SUFFIX}`;
+  return readFile(signaturePath, 'utf8').catch(() => {
+    throw new VerificationError(`manifest ${manifestPath} has no signature ${signaturePath}`, { hint: 'sign it with `rampack manifest sign`' });
+  });
+}
+
+/**
+ * What a runtime does before booting anything: the signature over the bytes
+ * as read (before parsing them), then freshness (expiry, rollback), then
+ * every file's size and sha256; and only then the state file moves on.
+ */
+export async function verifyManifest(manifestPath: string, options: VerifyOptions = {}): Promise<VerifyResult> {
+  const keys = options.keys ?? [];
+  const bytes = await readManifestBytes(manifestPath);
+  const what = `manifest ${manifestPath}`;
+  const keyId = keys.length > 0 ? verifySignatures(bytes, await readSignature(manifestPath), keys, what) : undefined;
+  const manifest = await parseManifest(bytes.toString('utf8'), manifestPath);
+  const accepted = options.statePath === undefined ? undefined : await readAcceptedState(options.statePath);
+  const now = options.now ?? new Date();
+  const sha256 = digestHex(sha256Digest(bytes));
+  checkFreshness(manifest, sha256, what, {
+    signed: keyId !== undefined,
+    now,
+    clockSkewMs: options.clockSkewMs ?? 0,
+    minSerial: options.minSerial,
+    accepted,
+    recordsSerial: options.statePath !== undefined,
+  });
   await verifyManifestFiles(manifestPath, manifest.images);
-  return { images: manifest.images.length, signatureChecked: publicKey !== undefined };
+  if (options.statePath !== undefined) {
+    await writeAcceptedState(options.statePath, { serial: manifest.serial!, sha256, expires: manifest.expires, acceptedAt: formatTimestamp(now) });
+  }
+  return { images: manifest.images.length, keyId, serial: manifest.serial, expires: manifest.expires };
 }

@@ -6,6 +6,9 @@
  *   DIR/manifest.json.sig                                        when signed
  *   DIR/manifest.json                                            written last, atomically
  *
+ * The published manifest's serial goes above the one DIR serves now (and the
+ * source's), so a runtime never sees a lower serial for newer content.
+ *
  * Files are copied (and hashed on the way) before the manifest that names
  * them appears, so a reader never finds a manifest pointing at a missing or
  * partial file. Files of older manifests stay, for readers that fetched an
@@ -13,12 +16,13 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { readdir, rm, stat } from 'node:fs/promises';
+import { readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileExtension } from '../compress/index.ts';
-import { UsageError, VerificationError } from '../errors.ts';
-import { loadManifest, MANIFEST_FILE, serializeManifest, type Manifest, type ManifestImage } from '../manifest/manifest.ts';
+import { InputError, UsageError, VerificationError } from '../errors.ts';
+import { nextFreshness, servedSerial } from '../manifest/freshness.ts';
+import { loadManifest, MANIFEST_FILE, serializeManifest, withFreshness, type Freshness, type Manifest, type ManifestImage } from '../manifest/manifest.ts';
 import { serializeSignature, signBytes, SIGNATURE_SUFFIX } from '../manifest/sign.ts';
 import { imageFilePath } from '../manifest/verify.ts';
 import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
@@ -28,14 +32,17 @@ import type { Logger } from '../util/log.ts';
 export const FILES_DIR = 'files';
 
 export interface PublishOptions {
-  /** Signs the published manifest; without it the destination must not hold a signed one. */
-  signingKey?: KeyObject;
+  /** Each key signs the published manifest; with none the destination must not hold a signed one. */
+  signingKeys: readonly KeyObject[];
+  /** `--expires`: how long the published manifest stays valid (default DEFAULT_VALIDITY when signed). */
+  expires?: string;
   /** Remove files the new manifest does not name. */
   prune?: boolean;
   log: Logger;
+  now?: Date;
 }
 
-export interface PublishResult {
+export interface PublishResult extends Freshness {
   manifestPath: string;
   copied: string[];
   reused: string[];
@@ -79,6 +86,15 @@ async function hasFile(path: string): Promise<boolean> {
   return stat(path).then(() => true, () => false);
 }
 
+/** The serial of the manifest the directory serves now, if any: the published one must go above it. */
+async function servedSerialIn(manifestPath: string): Promise<number | undefined> {
+  const text = await readFile(manifestPath, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw new InputError(`cannot read the published manifest ${manifestPath}: ${error.code ?? error.message}`);
+  });
+  return text === undefined ? undefined : servedSerial(text, `the published manifest ${manifestPath}`);
+}
+
 async function pruneFiles(dir: string, manifest: Manifest): Promise<string[]> {
   const referenced = new Set(manifest.images.map((image) => image.file));
   const names = await readdir(join(dir, FILES_DIR)).catch(() => [] as string[]);
@@ -91,21 +107,23 @@ async function pruneFiles(dir: string, manifest: Manifest): Promise<string[]> {
 export async function publishToDirectory(manifestPath: string, dir: string, options: PublishOptions): Promise<PublishResult> {
   const target = join(dir, MANIFEST_FILE);
   const signaturePath = `${target}${SIGNATURE_SUFFIX}`;
-  if (!options.signingKey && (await hasFile(signaturePath))) {
+  const signed = options.signingKeys.length > 0;
+  if (!signed && (await hasFile(signaturePath))) {
     throw new UsageError(`${dir} holds a signed manifest; publishing unsigned would leave readers a signature that no longer matches`, {
       hint: `pass --key FILE (or set RAMPACK_SIGNING_KEY), or remove ${signaturePath} on purpose`,
     });
   }
   const { manifest } = await loadManifest(manifestPath);
-  const result: PublishResult = { manifestPath: target, copied: [], reused: [], pruned: [] };
+  const freshness = nextFreshness([manifest.serial, await servedSerialIn(target)], { expires: options.expires, signed, now: options.now ?? new Date() });
+  const result: PublishResult = { manifestPath: target, ...freshness, copied: [], reused: [], pruned: [] };
   const images: ManifestImage[] = [];
   for (const image of manifest.images) images.push({ ...image, file: await publishFile(manifestPath, dir, image, result) });
-  const published: Manifest = { ...manifest, images };
+  const published = withFreshness({ ...manifest, images }, freshness);
   const bytes = Buffer.from(serializeManifest(published));
   // The signature goes first: a reader that sees the new manifest finds its signature beside it.
-  if (options.signingKey) await writeFileAtomically(signaturePath, serializeSignature(signBytes(bytes, options.signingKey)));
+  if (signed) await writeFileAtomically(signaturePath, serializeSignature(signBytes(bytes, options.signingKeys)));
   await writeFileAtomically(target, bytes);
-  options.log.info(`published ${target}: ${result.copied.length} files copied, ${result.reused.length} already there`);
+  options.log.info(`published ${target} (serial ${freshness.serial}): ${result.copied.length} files copied, ${result.reused.length} already there`);
   if (options.prune) {
     result.pruned = await pruneFiles(dir, published);
     options.log.info(`pruned ${result.pruned.length} files no longer named by ${target}`);

@@ -10,12 +10,12 @@
  * step continues at the newest one.
  */
 import { open, stat } from 'node:fs/promises';
-import { RegistryError } from '../errors.ts';
+import { RegistryError, VerificationError } from '../errors.ts';
 import type { ImageReference } from '../image/reference.ts';
 import type { ContentStore } from '../image/source.ts';
 import { MediaType, type Descriptor, type ImageIndex, type ImageManifest } from '../image/types.ts';
 import { digestHex, sha256Digest } from '../util/digest.ts';
-import { RegistryClient } from './client.ts';
+import { readBody, RegistryClient } from './client.ts';
 import { withRetries, type RetryPolicy } from './retry.ts';
 import { registryClientOptions, type RegistryOptions } from './store.ts';
 
@@ -31,6 +31,8 @@ export type BlobContent = { path: string } | { bytes: Buffer };
 export type BlobPushResult = 'present' | 'mounted' | 'uploaded';
 
 const DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024;
+/** Largest manifest or document blob read back from the repository. */
+const MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024;
 const OCTET_STREAM = 'application/octet-stream';
 /** A redirect to storage answers a HEAD for a blob the registry has. */
 const BLOB_PRESENT_STATUSES = [200, 301, 302, 303, 307, 308];
@@ -129,6 +131,37 @@ export class RegistryPusher {
       checkStoredDigest(response, digest, what);
       return digest;
     });
+  }
+
+  /** The manifest a tag (or digest) names in the repository, or undefined when there is none yet: what a push is about to replace. */
+  async fetchManifest(reference: string, mediaType: string): Promise<Buffer | undefined> {
+    const what = `fetching manifest ${this.target.registry}/${this.target.repository}:${reference}`;
+    return this.retrying(what, async () => {
+      const response = await this.client.exchange({
+        method: 'GET',
+        path: `/v2/${this.target.repository}/manifests/${reference}`,
+        headers: () => ({ accept: mediaType }),
+        expect: [200, 404],
+        what,
+        subject: `manifest ${reference}`,
+      });
+      if (response.status === 404) {
+        void response.body?.cancel();
+        return undefined;
+      }
+      return readBody(response, MANIFEST_SIZE_LIMIT, what);
+    });
+  }
+
+  /** A small blob of the repository (a document such as a JSON layer), checked against its descriptor. */
+  async fetchDocument(descriptor: Descriptor): Promise<Buffer> {
+    const subject = `blob ${descriptor.digest} of ${this.target.registry}/${this.target.repository}`;
+    digestHex(descriptor.digest, subject);
+    if (descriptor.size > MANIFEST_SIZE_LIMIT) throw new RegistryError(`${subject} is ${descriptor.size} bytes, too large for a document (limit ${MANIFEST_SIZE_LIMIT})`);
+    const request = { path: `/v2/${this.target.repository}/blobs/${descriptor.digest}`, what: `fetching ${subject}`, subject };
+    const bytes = await this.client.get(request, (response) => readBody(response, descriptor.size, subject));
+    if (sha256Digest(bytes) !== descriptor.digest) throw new VerificationError(`${subject}: the registry sent content with digest ${sha256Digest(bytes)}`);
+    return bytes;
   }
 
   private retrying<T>(what: string, operation: () => Promise<T>): Promise<T> {

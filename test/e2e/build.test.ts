@@ -72,7 +72,7 @@ describe('rampack build --image from a registry', () => {
 
   it('writes a manifest whose digests match the files and the registry', () => {
     const manifest = readManifest(out);
-    expect(manifest.schemaVersion).toBe(1);
+    expect(manifest.schemaVersion).toBe(2);
     expect(manifest.images).toHaveLength(1);
     const [image] = manifest.images;
     expect(image).toMatchObject({ language: 'lang', version: '2.0', arch: 'x86_64', default: true, compression: 'gzip' });

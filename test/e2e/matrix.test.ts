@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Manifest } from '../../src/manifest/manifest.ts';
-import { loadVerifyKey, verifySignature } from '../../src/manifest/sign.ts';
+import { loadVerifyKey, verifySignatures } from '../../src/manifest/sign.ts';
+import { artifactLayers } from '../../src/publish/registry.ts';
 import type { PlanCell } from '../../src/recipe/plan.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
 import { runRampack } from '../helpers/cli.ts';
@@ -142,15 +143,15 @@ describe('plan -> parallel builds -> merge -> sign -> verify', () => {
     expect(result.code).toBe(0);
     const raw = await skopeoRawManifest(reference);
     expect(JSON.parse(result.stdout).digest).toBe(`sha256:${sha256(raw)}`);
-    const artifact = JSON.parse(raw.toString()) as { artifactType: string; layers: Array<{ mediaType: string; digest: string; annotations: Record<string, string> }> };
+    const artifact = JSON.parse(raw.toString()) as { artifactType: string; layers: Array<{ mediaType: string; digest: string; size: number; annotations: Record<string, string> }> };
     expect(artifact.artifactType).toBe('application/vnd.rampack.manifest.v1+json');
-    const [document, signature, ...files] = artifact.layers;
-    expect([document!.mediaType, signature!.mediaType]).toEqual(['application/vnd.rampack.manifest.v1+json', 'application/vnd.rampack.manifest.signature.v1+json']);
+    const { manifest: document, signature, initramfs: files } = artifactLayers(artifact, reference);
+    expect([document.mediaType, signature!.mediaType]).toEqual(['application/vnd.rampack.manifest.v1+json', 'application/vnd.rampack.manifest.signature.v1+json']);
     const blob = async (digest: string) => Buffer.from(await (await fetch(`${registry.url}/v2/initramfs/lang/blobs/${digest}`)).arrayBuffer());
-    const publishedBytes = await blob(document!.digest);
-    verifySignature(publishedBytes, (await blob(signature!.digest)).toString(), await loadVerifyKey(join(work, 'ci.pub')), 'published manifest');
+    const publishedBytes = await blob(document.digest);
+    verifySignatures(publishedBytes, (await blob(signature!.digest)).toString(), [await loadVerifyKey(join(work, 'ci.pub'))], 'published manifest');
     const published = JSON.parse(publishedBytes.toString()) as Manifest;
-    expect(files.map((layer) => layer.annotations['dev.rampack.version'] + '/' + layer.annotations['dev.rampack.arch'])).toEqual(
+    expect(files.map((layer) => layer.annotations!['dev.rampack.version'] + '/' + layer.annotations!['dev.rampack.arch'])).toEqual(
       published.images.map((image) => `${image.version}/${image.arch}`),
     );
     const first = published.images[0]!;
