@@ -1,15 +1,15 @@
 /** `rampack manifest merge | sign | verify`. */
 import { Command } from 'commander';
 import { UsageError } from '../errors.ts';
-import { clockSkewMs, DEFAULT_VALIDITY } from '../manifest/freshness.ts';
+import { clockSkewMs, DEFAULT_VALIDITY, warnIfExpired } from '../manifest/freshness.ts';
 import { loadManifest, writeManifest, mergeFragments } from '../manifest/manifest.ts';
 import { loadSigningKeys, loadVerifyKey, signManifestFile, SIGNING_KEY_ENV } from '../manifest/sign.ts';
 import { verifyManifest } from '../manifest/verify.ts';
 import { lineLogger } from '../util/log.ts';
 
-/** Commander's collector for a repeatable option such as --key. */
-export function collectValues(value: string, previous: string[]): string[] {
-  return [...previous, value];
+/** Commander's collector for a repeatable option such as --key (undefined until the first one). */
+export function collectValues(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), value];
 }
 
 async function runMerge(fragments: string[], flags: { out: string }): Promise<void> {
@@ -20,12 +20,14 @@ async function runMerge(fragments: string[], flags: { out: string }): Promise<vo
   lineLogger().info(`${changed ? 'wrote' : 'unchanged'}: ${flags.out} (${merged.images.length} images from ${fragments.length} fragments)`);
 }
 
-async function runSign(manifest: string, flags: { key: string[]; expires?: string; append?: boolean }): Promise<void> {
-  const result = await signManifestFile(manifest, await loadSigningKeys(flags.key), { expires: flags.expires, append: flags.append });
+async function runSign(manifest: string, flags: { key?: string[]; expires?: string; append?: boolean }): Promise<void> {
+  const result = await signManifestFile(manifest, await loadSigningKeys(flags.key ?? []), { expires: flags.expires, append: flags.append });
   const signers = result.keyIds.join(', ');
-  lineLogger().info(flags.append
+  const log = lineLogger();
+  log.info(flags.append
     ? `added the signature of ${signers} to ${result.signaturePath} (manifest unchanged: serial ${result.serial}, expires ${result.expires})`
     : `wrote ${manifest} (serial ${result.serial}, expires ${result.expires}) and ${result.signaturePath} (signed by ${signers})`);
+  warnIfExpired(log, manifest, result.expires);
 }
 
 function parseMinSerial(text: string): number {
@@ -35,7 +37,7 @@ function parseMinSerial(text: string): number {
 }
 
 interface VerifyFlags {
-  key: string[];
+  key?: string[];
   minSerial?: number;
   state?: string;
   clockSkew: string;
@@ -44,7 +46,7 @@ interface VerifyFlags {
 async function runVerify(manifest: string, flags: VerifyFlags): Promise<void> {
   const log = lineLogger();
   const keys = [];
-  for (const file of flags.key) keys.push(await loadVerifyKey(file));
+  for (const file of flags.key ?? []) keys.push(await loadVerifyKey(file));
   const result = await verifyManifest(manifest, { keys, minSerial: flags.minSerial, statePath: flags.state, clockSkewMs: clockSkewMs(flags.clockSkew) });
   if (!result.keyId) log.warn(`signature of ${manifest} not checked: pass --key PUBLIC_KEY to check it`);
   const details = [result.keyId && `key ${result.keyId}`, result.serial && `serial ${result.serial}`, result.expires && `expires ${result.expires}`].filter(Boolean);
@@ -69,7 +71,7 @@ export function manifestCommand(): Command {
     .command('sign')
     .description('give the manifest the next serial and an expiry, then write MANIFEST.sig: an Ed25519 signature per key over the manifest\'s bytes')
     .argument('<manifest>', 'manifest file')
-    .option('--key <file>', `private key (PEM), repeatable: each key signs (old and new during a rotation); default: the PEM text in ${SIGNING_KEY_ENV}`, collectValues, [])
+    .option('--key <file>', `private key (PEM), repeatable: each key signs (old and new during a rotation); default: the PEM text in ${SIGNING_KEY_ENV}`, collectValues)
     .option('--expires <when>', `how long the signed manifest stays valid (12h, 30d, 2w) or until when (2027-01-03T00:00:00Z); default ${DEFAULT_VALIDITY}`)
     .option('--append', 'add these keys\' signatures to the existing MANIFEST.sig without changing the manifest (serial and expiry stay)')
     .addHelpText(
@@ -88,7 +90,7 @@ Examples:
     .command('verify')
     .description('check the signatures (with --key), expiry, serial (with --min-serial/--state) and every file\'s size and sha256; exit code 5 on a failure')
     .argument('<manifest>', 'manifest file')
-    .option('--key <file>', 'trusted public key (PEM), repeatable: a signature by any of them is enough', collectValues, [])
+    .option('--key <file>', 'trusted public key (PEM), repeatable: a signature by any of them is enough', collectValues)
     .option('--min-serial <n>', 'the last serial the runtime accepted: a lower serial is a rollback and refused', parseMinSerial)
     .option('--state <file>', 'JSON file with the last accepted serial: refuse a rollback, and record this manifest\'s serial once it passed')
     .option('--clock-skew <duration>', 'accept a manifest that expired at most this long ago (the reader\'s clock may lag)', '0s')

@@ -3,7 +3,7 @@ import { resolve } from 'node:path';
 import { Command } from 'commander';
 import { UsageError } from '../errors.ts';
 import { parseImageReference } from '../image/reference.ts';
-import { DEFAULT_VALIDITY } from '../manifest/freshness.ts';
+import { DEFAULT_VALIDITY, warnIfExpired } from '../manifest/freshness.ts';
 import { loadSigningKeys, SIGNING_KEY_ENV } from '../manifest/sign.ts';
 import { publishToDirectory } from '../publish/directory.ts';
 import { pinnedReference, publishToRegistry } from '../publish/registry.ts';
@@ -14,7 +14,7 @@ import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './reg
 interface PublishFlags extends RegistryFlags {
   to?: string;
   registry?: string;
-  key: string[];
+  key?: string[];
   expires?: string;
   prune?: boolean;
   quiet?: boolean;
@@ -27,7 +27,8 @@ async function runPublish(manifest: string, flags: PublishFlags): Promise<void> 
   if (!flags.registry && (flags.username || flags.passwordStdin || flags.caFile || flags.insecureRegistry.length > 0)) {
     throw new UsageError('--username, --password-stdin, --ca-file and --insecure-registry apply to --registry only');
   }
-  const signingKeys = flags.key.length > 0 || process.env[SIGNING_KEY_ENV] ? await loadSigningKeys(flags.key) : [];
+  const keyFiles = flags.key ?? [];
+  const signingKeys = keyFiles.length > 0 || process.env[SIGNING_KEY_ENV] ? await loadSigningKeys(keyFiles) : [];
   const signed = signingKeys.length > 0 ? ', signed' : '';
   const output = createOutput(flags);
   const log = output.log;
@@ -45,10 +46,12 @@ async function runPublish(manifest: string, flags: PublishFlags): Promise<void> 
           const published = await publishToRegistry(resolve(manifest), target, { signingKeys, expires: flags.expires, log, push });
           result = { reference: flags.registry, pinned: pinnedReference(target, published.digest), ...published };
           reporter.end('publish', `${flags.registry} serial ${published.serial}${signed}: ${published.digest}`);
+          warnIfExpired(log, `the manifest published at ${flags.registry}`, published.expires);
         } else {
           const published = await publishToDirectory(resolve(manifest), destination, { signingKeys, expires: flags.expires, prune: flags.prune, log });
           result = published;
           reporter.end('publish', `serial ${published.serial}${signed}: ${published.copied.length} files copied, ${published.reused.length} already there`);
+          warnIfExpired(log, published.manifestPath, published.expires);
         }
       },
     },
@@ -62,7 +65,7 @@ export function publishCommand(): Command {
     .argument('[manifest]', 'manifest to publish', 'out/manifest.json')
     .option('--to <dir>', 'destination directory (what a static web server or object store sync serves)')
     .option('--registry <ref>', 'destination registry repository and tag, HOST/REPO:TAG (credentials from --username/--password-stdin, else docker login)')
-    .option('--key <file>', `sign the published manifest with this private key, repeatable (old and new during a rotation; default: ${SIGNING_KEY_ENV} when set)`, collectValues, [])
+    .option('--key <file>', `sign the published manifest with this private key, repeatable (old and new during a rotation; default: ${SIGNING_KEY_ENV} when set)`, collectValues)
     .option('--expires <when>', `how long the published manifest stays valid (12h, 30d) or until when (RFC 3339); default ${DEFAULT_VALIDITY} when signed`)
     .option('--prune', 'with --to: remove files the new manifest does not name (readers of older manifests lose them)')
     .option('-q, --quiet', 'print warnings and errors only')
@@ -79,7 +82,7 @@ destination serves now. stdout is one JSON line: serial, expires and, for a regi
 digest and the pinned reference (HOST/REPO@sha256:...). See docs/publishing.md.
 
 Examples:
-  rampack publish out/manifest.json --to /srv/www/initramfs --key rampack-signing.key
+  rampack publish out/manifest.json --to /srv/www/initramfs --key rampack-signing.key --expires 30d
   rampack publish --to ./site --prune
   rampack publish out/manifest.json --registry ghcr.io/org/initramfs:stable`,
     )

@@ -9,6 +9,7 @@
 import { readFile } from 'node:fs/promises';
 import { InputError, UsageError, VerificationError } from '../errors.ts';
 import { writeFileAtomically } from '../util/atomic.ts';
+import type { Logger } from '../util/log.ts';
 import type { Freshness, Manifest } from './manifest.ts';
 
 /** How long `manifest sign` and `publish` make a signed manifest valid when not told. */
@@ -39,7 +40,8 @@ export function parseTimestamp(text: string): Date | undefined {
 
 /**
  * The `expires` value for `--expires TEXT`: a duration from `now` (30d, 12h)
- * or an absolute RFC 3339 time, which must lie in the future.
+ * or an absolute RFC 3339 time. A time already past is allowed (to make a
+ * manifest readers must refuse, e.g. for a test); the commands warn about it.
  */
 export function expiryFrom(text: string, now: Date, flag = '--expires'): string {
   const duration = durationMs(text);
@@ -49,8 +51,14 @@ export function expiryFrom(text: string, now: Date, flag = '--expires'): string 
       hint: 'give a duration like 12h, 30d or 2w, or a time like 2027-01-03T00:00:00Z',
     });
   }
-  if (date.getTime() <= now.getTime()) throw new UsageError(`${flag} ${text} is not in the future (now is ${formatTimestamp(now)})`);
   return formatTimestamp(date);
+}
+
+/** Warns when what was just signed has already expired: every reader will refuse it. */
+export function warnIfExpired(log: Logger, what: string, expires: string | undefined, now = new Date()): void {
+  if (expires !== undefined && Date.parse(expires) <= now.getTime()) {
+    log.warn(`${what} expired at ${expires}, before it was written: readers refuse it; sign again with a later --expires`);
+  }
 }
 
 /** A `--clock-skew` value in milliseconds. */
@@ -150,7 +158,7 @@ function checkSerial(manifest: Manifest, sha256: string, what: string, policy: F
     });
   }
   const accepted = policy.accepted;
-  if (accepted && manifest.serial === accepted.serial && sha256 !== accepted.sha256) {
+  if (accepted?.sha256 !== undefined && manifest.serial === accepted.serial && sha256 !== accepted.sha256) {
     throw new VerificationError(`${what} has serial ${manifest.serial} like the manifest accepted before, but other bytes (sha256 ${sha256}, accepted ${accepted.sha256})`, {
       hint: 'two different manifests were signed with one serial: re-sign the current one (that raises its serial) and fetch it again',
     });
@@ -166,15 +174,15 @@ export function checkFreshness(manifest: Manifest, sha256: string, what: string,
 /** The runtime's record of the last manifest it accepted: `--state FILE`. */
 export interface AcceptedState {
   serial: number;
-  /** Hex sha256 of the accepted manifest's bytes. */
-  sha256: string;
+  /** Hex sha256 of the accepted manifest's bytes (rampack always writes it; a hand-written state may leave it out). */
+  sha256?: string;
   expires?: string;
   acceptedAt?: string;
 }
 
 function isAcceptedState(value: unknown): value is AcceptedState {
-  const state = value as AcceptedState | null;
-  return Number.isSafeInteger(state?.serial) && state!.serial >= 1 && typeof state!.sha256 === 'string' && /^[a-f0-9]{64}$/.test(state!.sha256);
+  const state = value as Partial<AcceptedState> | null;
+  return Number.isSafeInteger(state?.serial) && state!.serial! >= 0 && (state!.sha256 === undefined || /^[a-f0-9]{64}$/.test(String(state!.sha256)));
 }
 
 /** Reads the state file; a missing one means nothing was accepted yet (the first manifest is trusted on its signature alone). */
@@ -193,7 +201,7 @@ export async function readAcceptedState(path: string): Promise<AcceptedState | u
     state = undefined;
   }
   if (!isAcceptedState(state)) {
-    throw new InputError(`state file ${path} is not a rampack state file ({"serial": N, "sha256": "<hex>"})`, {
+    throw new InputError(`state file ${path} is not a rampack state file ({"serial": N, "sha256": "<hex of the manifest bytes>"})`, {
       hint: 'restore it; removing it makes the next manifest accepted at any serial',
     });
   }

@@ -108,6 +108,17 @@ describe('rampack manifest sign and verify', () => {
     expect((await verify(manifest, '--key', keys.old.pub, '--clock-skew', 'a while')).code).toBe(2);
   });
 
+  it('signs a manifest with an expiry already past only with a warning, and verify refuses it with exit code 5', async () => {
+    const manifest = writeBuildOutput(work, { '1.27': 'go 1.27' });
+    const signed = await sign(manifest, '--key', keys.old.key, '--expires', '2026-01-01T00:00:00.000Z');
+    expect(signed.stderr).toContain('expired at 2026-01-01T00:00:00Z, before it was written');
+    const result = await verify(manifest, '--key', keys.old.pub);
+    expect(result.code).toBe(5);
+    expect(result.stderr).toMatch(/expired at 2026-01-01T00:00:00Z \(\d+ days ago/);
+    // Unsigned, an expiry is still an expiry.
+    expect((await verify(manifest)).code).toBe(5);
+  });
+
   it('refuses a signed manifest without expires with exit code 5', async () => {
     const manifest = writeBuildOutput(work, { '1.27': 'go 1.27' });
     const bytes = Buffer.from(serializeManifest({ ...manifestAt(manifest), serial: 3 }));
@@ -142,6 +153,14 @@ describe('rampack manifest sign and verify', () => {
     expect(replayed.code).toBe(5);
     expect(replayed.stderr).toContain('has serial 1, lower than 2, the last one accepted: a rollback');
     expect(JSON.parse(readFileSync(state, 'utf8'))).toMatchObject({ serial: 2 });
+
+    // A state written by hand, with the serial alone, works the same way.
+    writeFileSync(state, '{"serial": 5}');
+    const belowHandWritten = await verify(manifest, '--key', keys.old.pub, '--state', state);
+    expect(belowHandWritten.code).toBe(5);
+    expect(belowHandWritten.stderr).toContain('has serial 2, lower than 5');
+    writeFileSync(state, 'not json');
+    expect((await verify(manifest, '--key', keys.old.pub, '--state', state)).code).toBe(3);
   });
 
   it('refuses a schemaVersion 1 signature file with exit code 5, saying to sign again', async () => {
