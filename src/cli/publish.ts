@@ -29,7 +29,6 @@ async function runPublish(manifest: string, flags: PublishFlags): Promise<void> 
   }
   const keyFiles = flags.key ?? [];
   const signingKeys = keyFiles.length > 0 || process.env[SIGNING_KEY_ENV] ? await loadSigningKeys(keyFiles) : [];
-  const signed = signingKeys.length > 0 ? ', signed' : '';
   const output = createOutput(flags);
   const log = output.log;
   const destination = flags.registry ?? resolve(flags.to!);
@@ -45,12 +44,12 @@ async function runPublish(manifest: string, flags: PublishFlags): Promise<void> 
           const target = parseImageReference(flags.registry);
           const published = await publishToRegistry(resolve(manifest), target, { signingKeys, expires: flags.expires, log, push });
           result = { reference: flags.registry, pinned: pinnedReference(target, published.digest), ...published };
-          reporter.end('publish', `${flags.registry} serial ${published.serial}${signed}: ${published.digest}`);
+          reporter.end('publish', `${flags.registry} (${published.digest})`);
           warnIfExpired(log, `the manifest published at ${flags.registry}`, published.expires);
         } else {
           const published = await publishToDirectory(resolve(manifest), destination, { signingKeys, expires: flags.expires, prune: flags.prune, log });
           result = published;
-          reporter.end('publish', `serial ${published.serial}${signed}: ${published.copied.length} files copied, ${published.reused.length} already there`);
+          reporter.end('publish', `${published.copied.length} files copied, ${published.reused.length} already there${signingKeys.length > 0 ? ', signed' : ''}`);
           warnIfExpired(log, published.manifestPath, published.expires);
         }
       },
