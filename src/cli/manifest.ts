@@ -1,8 +1,8 @@
 /** `rampack manifest merge | sign | verify`. */
 import { Command } from 'commander';
 import { UsageError } from '../errors.ts';
-import { clockSkewMs, DEFAULT_VALIDITY, warnIfExpired } from '../manifest/freshness.ts';
-import { loadManifest, writeManifest, mergeFragments } from '../manifest/manifest.ts';
+import { clockSkewMs, DEFAULT_VALIDITY, servedSerialOf, warnIfExpired } from '../manifest/freshness.ts';
+import { loadManifest, writeManifest, mergeFragments, withFreshness } from '../manifest/manifest.ts';
 import { loadSigningKeys, loadVerifyKey, signManifestFile, SIGNING_KEY_ENV } from '../manifest/sign.ts';
 import { verifyManifest } from '../manifest/verify.ts';
 import { lineLogger } from '../util/log.ts';
@@ -15,7 +15,10 @@ export function collectValues(value: string, previous: string[] | undefined): st
 async function runMerge(fragments: string[], flags: { out: string }): Promise<void> {
   const loaded = [];
   for (const path of fragments) loaded.push({ path, manifest: (await loadManifest(path)).manifest });
-  const merged = mergeFragments(loaded);
+  // The manifest replaced keeps its serial, so the next `manifest sign` goes above it rather than back to 1.
+  const previousSerial = await servedSerialOf(flags.out);
+  const fragmentsMerged = mergeFragments(loaded);
+  const merged = previousSerial === undefined ? fragmentsMerged : withFreshness(fragmentsMerged, { serial: previousSerial });
   const changed = await writeManifest(flags.out, merged);
   lineLogger().info(`${changed ? 'wrote' : 'unchanged'}: ${flags.out} (${merged.images.length} images from ${fragments.length} fragments)`);
 }

@@ -108,6 +108,15 @@ export function servedSerial(text: string, what: string): number | undefined {
   return typeof serial === 'number' && Number.isSafeInteger(serial) && serial >= 1 ? serial : undefined;
 }
 
+/** The serial of the manifest file at `path` (any schemaVersion), undefined when there is none: what newer content must go above. */
+export async function servedSerialOf(path: string): Promise<number | undefined> {
+  const text = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw new InputError(`cannot read manifest ${path}: ${error.code ?? error.message}`);
+  });
+  return text === undefined ? undefined : servedSerial(text, `manifest ${path}`);
+}
+
 export interface FreshnessPolicy {
   /** Signed manifests must carry `serial` and `expires`. */
   signed: boolean;

@@ -10,7 +10,6 @@ import { dirname, relative, resolve, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { KeyObject } from 'node:crypto';
 import { VerificationError } from '../errors.ts';
-import { digestHex, sha256Digest } from '../util/digest.ts';
 import { checkFreshness, formatTimestamp, readAcceptedState, writeAcceptedState } from './freshness.ts';
 import { parseManifest, readManifestBytes, type ManifestImage } from './manifest.ts';
 import { SIGNATURE_SUFFIX, verifySignatures } from './sign.ts';
@@ -93,7 +92,7 @@ export async function verifyManifest(manifestPath: string, options: VerifyOption
   const manifest = await parseManifest(bytes.toString('utf8'), manifestPath);
   const accepted = options.statePath === undefined ? undefined : await readAcceptedState(options.statePath);
   const now = options.now ?? new Date();
-  const sha256 = digestHex(sha256Digest(bytes));
+  const sha256 = createHash('sha256').update(bytes).digest('hex');
   checkFreshness(manifest, sha256, what, {
     signed: keyId !== undefined,
     now,

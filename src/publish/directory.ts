@@ -16,12 +16,12 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { readdir, readFile, rm, stat } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileExtension } from '../compress/index.ts';
-import { InputError, UsageError, VerificationError } from '../errors.ts';
-import { nextFreshness, servedSerial } from '../manifest/freshness.ts';
+import { UsageError, VerificationError } from '../errors.ts';
+import { nextFreshness, servedSerialOf } from '../manifest/freshness.ts';
 import { loadManifest, MANIFEST_FILE, serializeManifest, withFreshness, type Freshness, type Manifest, type ManifestImage } from '../manifest/manifest.ts';
 import { serializeSignature, signBytes, SIGNATURE_SUFFIX } from '../manifest/sign.ts';
 import { imageFilePath } from '../manifest/verify.ts';
@@ -86,15 +86,6 @@ async function hasFile(path: string): Promise<boolean> {
   return stat(path).then(() => true, () => false);
 }
 
-/** The serial of the manifest the directory serves now, if any: the published one must go above it. */
-async function servedSerialIn(manifestPath: string): Promise<number | undefined> {
-  const text = await readFile(manifestPath, 'utf8').catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT') return undefined;
-    throw new InputError(`cannot read the published manifest ${manifestPath}: ${error.code ?? error.message}`);
-  });
-  return text === undefined ? undefined : servedSerial(text, `the published manifest ${manifestPath}`);
-}
-
 async function pruneFiles(dir: string, manifest: Manifest): Promise<string[]> {
   const referenced = new Set(manifest.images.map((image) => image.file));
   const names = await readdir(join(dir, FILES_DIR)).catch(() => [] as string[]);
@@ -114,7 +105,7 @@ export async function publishToDirectory(manifestPath: string, dir: string, opti
     });
   }
   const { manifest } = await loadManifest(manifestPath);
-  const freshness = nextFreshness([manifest.serial, await servedSerialIn(target)], { expires: options.expires, signed, now: options.now ?? new Date() });
+  const freshness = nextFreshness([manifest.serial, await servedSerialOf(target)], { expires: options.expires, signed, now: options.now ?? new Date() });
   const result: PublishResult = { manifestPath: target, ...freshness, copied: [], reused: [], pruned: [] };
   const images: ManifestImage[] = [];
   for (const image of manifest.images) images.push({ ...image, file: await publishFile(manifestPath, dir, image, result) });

@@ -54,6 +54,21 @@ describe('rampack manifest sign and verify', () => {
     expect(verified.stderr).toContain(`signature valid, 2 files match their size and sha256 (key ${keys.old.id}, serial 1, expires ${expires})`);
   });
 
+  it('never goes back to serial 1 when the manifest is merged or rebuilt again: the next signing goes above', async () => {
+    const manifest = writeBuildOutput(work, { '1.27': 'go 1.27' });
+    const fragment = join(manifest, '..', 'fragment.json');
+    cpSync(manifest, fragment);
+    await sign(manifest, '--key', keys.old.key);
+    await sign(manifest, '--key', keys.old.key);
+    expect(manifestAt(manifest).serial).toBe(2);
+    const merged = await runRampack(['manifest', 'merge', fragment, '--out', manifest]);
+    expect(merged.code).toBe(0);
+    expect(manifestAt(manifest)).toMatchObject({ serial: 2 });
+    expect(manifestAt(manifest).expires).toBeUndefined();
+    await sign(manifest, '--key', keys.old.key);
+    expect(manifestAt(manifest).serial).toBe(3);
+  });
+
   it('refuses a signature by an untrusted key with exit code 5, naming the keys seen and trusted', async () => {
     const manifest = writeBuildOutput(work, { '1.27': 'go 1.27' });
     await sign(manifest, '--key', keys.stranger.key);
