@@ -86,7 +86,7 @@ export async function parseManifest(text: string, path: string): Promise<Manifes
   }
   if (manifest?.schemaVersion !== MANIFEST_SCHEMA_VERSION) {
     throw new InputError(`manifest ${path} has schemaVersion ${String(manifest?.schemaVersion)}; this rampack writes ${MANIFEST_SCHEMA_VERSION}`, {
-      hint: 'it was written by another rampack version: rebuild it with this one (or write to another --out directory)',
+      hint: 'it was written by another rampack version: remove it and rebuild with this one (or build into another --out directory)',
     });
   }
   const problems = await schemaProblems('manifest.schema.json', manifest);
