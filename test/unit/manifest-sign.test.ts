@@ -113,7 +113,7 @@ describe('manifest verify: signatures', () => {
     const error = await verifyManifest(path).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(InputError);
     expect((error as InputError).message).toContain('has schemaVersion 1; this rampack writes 2');
-    expect((error as InputError).hint).toContain('rebuild it');
+    expect((error as InputError).hint).toContain('remove it and rebuild');
   });
 
   it('rejects bytes changed after signing', async () => {
