@@ -334,6 +334,10 @@ describe('the CLI with registry flags', () => {
     const allowed = await publish(`${tokenRegistry.host}/private/initramfs:1`, ['--username', USER, '--password-stdin'], `${PASSWORD}\n`);
     expect(allowed.code, allowed.stderr).toBe(0);
     expect(JSON.parse(allowed.stdout)).toMatchObject({ reference: `${tokenRegistry.host}/private/initramfs:1` });
+    // Publishing again reads the tag's current manifest (with the same credentials) to raise its serial.
+    const again = await publish(`${tokenRegistry.host}/private/initramfs:1`, ['--username', USER, '--password-stdin'], `${PASSWORD}\n`);
+    expect(again.code, again.stderr).toBe(0);
+    expect(JSON.parse(again.stdout)).toMatchObject({ serial: (JSON.parse(allowed.stdout) as { serial: number }).serial + 1 });
 
     const misplaced = await runRampack(['publish', manifest, '--to', join(work, 'site'), '--ca-file', caFile]);
     expect(misplaced.code).toBe(2);
