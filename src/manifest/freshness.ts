@@ -102,7 +102,7 @@ export function servedSerial(text: string, what: string): number | undefined {
   try {
     document = JSON.parse(text) as { serial?: unknown } | null;
   } catch {
-    throw new InputError(`${what} is not valid JSON, so its serial is unknown`, { hint: 'restore or remove it, then publish again' });
+    throw new InputError(`${what} is not valid JSON, so its serial is unknown`, { hint: 'restore or remove it' });
   }
   const serial = document?.serial;
   return typeof serial === 'number' && Number.isSafeInteger(serial) && serial >= 1 ? serial : undefined;
