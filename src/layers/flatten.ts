@@ -27,6 +27,7 @@
  * - Mode keeps setuid, setgid and sticky bits; symlinks get 0777, the mode
  *   Linux always reports for them. uid/gid are numeric; mtime whole seconds.
  */
+import { MAX_NAME_SIZE } from '../cpio/newc.ts';
 import { InputError } from '../errors.ts';
 import { displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import type { LayerEntry } from './tar-index.ts';
@@ -98,21 +99,27 @@ class TreeBuilder {
       else context.skipped++;
     }
     for (const entry of additions) this.add(entry, context);
-    this.warnings.push(...context.warnings());
+    for (const warning of [...layer.warnings, ...context.warnings()]) this.warnings.push(warning);
   }
 
   result(): FlattenResult {
     const entries: TreeEntry[] = [];
-    // Children by name, depth first: the walk order of compareTreePaths.
-    const collect = (directory: Node, prefix: string): void => {
-      for (const [name, node] of byName(directory.children!)) {
-        const path = prefix === '' ? name : `${prefix}/${name}`;
-        const { children, ...fields } = node;
-        entries.push({ path, ...fields });
-        if (children !== undefined) collect(node, path);
+    // Children by name, depth first: the walk order of compareTreePaths. An
+    // explicit stack, as a layer decides how deep the tree goes.
+    const stack: { prefix: string; children: Iterator<[string, Node]> }[] = [{ prefix: '', children: byName(this.root.children!) }];
+    while (stack.length > 0) {
+      const top = stack.at(-1)!;
+      const next = top.children.next();
+      if (next.done) {
+        stack.pop();
+        continue;
       }
-    };
-    collect(this.root, '');
+      const [name, node] = next.value;
+      const path = joinPath(top.prefix, name);
+      const { children, ...fields } = node;
+      entries.push({ path, ...fields });
+      if (children !== undefined) stack.push({ prefix: path, children: byName(children) });
+    }
     const droppedXattrs = entries.flatMap(({ path, xattrs }) =>
       Object.entries(xattrs ?? {}).map(([name, value]) => ({ path, name, value })),
     );
@@ -147,7 +154,7 @@ class TreeBuilder {
     if (entry.xattrs !== undefined) node.xattrs = entry.xattrs;
     switch (entry.type) {
       case 'file':
-        node.data = { file: tarPath, offset: entry.dataOffset, size: entry.size };
+        node.data = { file: tarPath, offset: entry.dataOffset, size: entry.size, ...(entry.sparse && { sparse: entry.sparse }) };
         node.inode = this.nextInode++;
         break;
       case 'dir':
@@ -208,8 +215,14 @@ class TreeBuilder {
           if (entry === undefined) return undefined;
           throw context.error(`too many levels of symbolic links in the parents of "${displayPath(entry.path)}"`);
         }
+        if (child.linkTarget!.length >= MAX_NAME_SIZE) {
+          // Linux refuses such a symlink (ENAMETOOLONG), so no runtime follows one; nor is the work bounded.
+          if (entry === undefined) return undefined;
+          throw context.error(`a parent of "${displayPath(entry.path)}" is a symlink whose target is longer than PATH_MAX (${MAX_NAME_SIZE} bytes)`);
+        }
         if (child.linkTarget!.startsWith('/')) trail.length = 0;
-        pending.push(...splitPath(child.linkTarget!).reverse());
+        // One at a time: a spread of a huge target's components would overflow the stack.
+        for (const component of splitPath(child.linkTarget!).reverse()) pending.push(component);
         continue;
       }
       if (child.type !== 'dir') {
@@ -270,10 +283,10 @@ function classify(path: string): 'whiteout' | 'skip' | 'entry' {
 }
 
 /** A directory's children sorted by name; layers in walk order insert them sorted already. */
-function byName(children: Map<string, Node>): [string, Node][] {
+function byName(children: Map<string, Node>): Iterator<[string, Node]> {
   const list = [...children];
   const sorted = list.every(([name], index) => index === 0 || list[index - 1]![0] < name);
-  return sorted ? list : list.sort(([a], [b]) => (a < b ? -1 : 1));
+  return (sorted ? list : list.sort(([a], [b]) => (a < b ? -1 : 1))).values();
 }
 
 function splitPath(path: string): string[] {
