@@ -119,11 +119,17 @@ export function normalizeLayerPath(raw: string): string | undefined {
 /** A PAX header's records; an empty value is no value. */
 type PaxRecords = Map<string, Buffer>;
 
+/** A PAX header: its records, and PAX sparse 0.0's repeated GNU.sparse.offset/numbytes records in order. */
+interface PaxHeader {
+  records: PaxRecords;
+  sparseRecords: [key: string, value: string][];
+}
+
 /** Metadata entries ('L', 'K', 'x') whose bodies apply to the next entry. */
 interface PendingMetadata {
   longName?: string;
   longLinkname?: string;
-  pax?: PaxRecords;
+  pax?: PaxHeader;
 }
 
 interface MetadataBody {
@@ -327,7 +333,7 @@ export class TarIndexer {
     if (typeflag === 'L') this.pending.longName = cString(body);
     else if (typeflag === 'K') this.pending.longLinkname = cString(body);
     else if (typeflag === 'x') this.pending.pax = this.parsePax(body);
-    else this.ignoreGlobalPax(this.parsePax(body));
+    else this.ignoreGlobalPax(this.parsePax(body).records);
   }
 
   private ignoreGlobalPax(records: PaxRecords): void {
@@ -337,10 +343,9 @@ export class TarIndexer {
     }
   }
 
-  private parsePax(body: Buffer): PaxRecords {
+  private parsePax(body: Buffer): PaxHeader {
     const records: PaxRecords = new Map();
-    // PAX sparse 0.0 repeats these two keys, once per run: kept in order as one map, like 0.1's.
-    const sparseNumbers: string[] = [];
+    const sparseRecords: [string, string][] = [];
     let at = 0;
     while (at < body.length && body[at] !== 0) {
       const space = body.indexOf(0x20, at);
@@ -356,9 +361,7 @@ export class TarIndexer {
       const key = record.toString('latin1', space - at + 1, equals);
       const value = record.subarray(equals + 1, record.length - 1);
       if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') {
-        const expected = sparseNumbers.length % 2 === 0 ? 'GNU.sparse.offset' : 'GNU.sparse.numbytes';
-        if (key !== expected || value.includes(0x2c)) this.paxSparseError(records, `${key}=${value.toString('latin1')} where ${expected} was expected`);
-        sparseNumbers.push(value.toString('latin1'));
+        sparseRecords.push([key, value.toString('latin1')]); // PAX sparse 0.0 repeats them, once per run
       } else if (value.length === 0) {
         records.delete(key);
       } else {
@@ -366,8 +369,7 @@ export class TarIndexer {
       }
       at += length;
     }
-    if (sparseNumbers.length > 0) records.set('GNU.sparse.map', Buffer.from(sparseNumbers.join(',')));
-    return records;
+    return { records, sparseRecords };
   }
 
   /** An old GNU sparse header: its map starts in the header and may go on in extension blocks. */
@@ -397,10 +399,10 @@ export class TarIndexer {
   }
 
   private readEntry(header: Header, oldSparse?: SparseHeaders): void {
-    const pax = this.pending.pax ?? new Map<string, Buffer>();
+    const { records: pax, sparseRecords } = this.pending.pax ?? { records: new Map<string, Buffer>(), sparseRecords: [] };
     const { longName, longLinkname } = this.pending;
     this.pending = {};
-    const sparse = oldSparse ?? this.paxSparseHeaders(pax, longName ?? header.name);
+    const sparse = oldSparse ?? this.paxSparseHeaders(pax, sparseRecords, longName ?? header.name);
     const rawName = sparse?.name ?? this.longOverPax(longName, this.paxPath(pax, 'path', header)) ?? header.name;
     let type = FILE_TYPES[header.typeflag];
     if (type === undefined) {
@@ -464,14 +466,14 @@ export class TarIndexer {
    * (offset/numbytes records) and 0.1 (GNU.sparse.map) give the map here; 1.0
    * puts it at the start of the data.
    */
-  private paxSparseHeaders(pax: PaxRecords, headerName: string): SparseHeaders | undefined {
-    if (![...pax.keys()].some((key) => key.startsWith('GNU.sparse.'))) return undefined;
+  private paxSparseHeaders(pax: PaxRecords, sparseRecords: [string, string][], headerName: string): SparseHeaders | undefined {
+    if (sparseRecords.length === 0 && ![...pax.keys()].some((key) => key.startsWith('GNU.sparse.'))) return undefined;
     const name = paxString(pax, 'GNU.sparse.name');
     const fail = (problem: string): never => {
       throw this.sparseError(name ?? headerName, problem);
     };
     const version = `${paxString(pax, 'GNU.sparse.major') ?? ''}.${paxString(pax, 'GNU.sparse.minor') ?? ''}`;
-    const map = pax.get('GNU.sparse.map');
+    const map = sparseRecords.length > 0 ? this.mapOfRecords(sparseRecords, fail) : pax.get('GNU.sparse.map');
     const mapInHeader = version === '0.0' || version === '0.1' || (version === '.' && map !== undefined);
     if (!mapInHeader && version !== '1.0') {
       fail(version === '.' ? 'it has GNU.sparse records but no sparse map' : `its sparse format version ${version} is unknown`);
@@ -488,6 +490,15 @@ export class TarIndexer {
     const declared = paxString(pax, 'GNU.sparse.numblocks');
     if (declared !== undefined && decimal(declared) !== runs.count) fail(`GNU.sparse.numblocks says ${declared} but the map has ${runs.count} runs`);
     return { runs, realSize: realSize!, name };
+  }
+
+  /** PAX sparse 0.0's offset and numbytes records, alternating, as one 0.1 map ("offset,size,..."). */
+  private mapOfRecords(sparseRecords: [string, string][], fail: (problem: string) => never): Buffer {
+    sparseRecords.forEach(([key, value], index) => {
+      const expected = index % 2 === 0 ? 'GNU.sparse.offset' : 'GNU.sparse.numbytes';
+      if (key !== expected || value.includes(',')) fail(`it has ${key}=${value.slice(0, 40)} where ${expected} was expected`);
+    });
+    return Buffer.from(sparseRecords.map(([, value]) => value).join(','));
   }
 
   /** PAX sparse 1.0: the run count and the runs, one decimal number a line, fill the first blocks of the data. */
@@ -629,9 +640,7 @@ export class TarIndexer {
     return new InputError(`${this.source}: sparse file "${displayPath(rawName)}" cannot be read: ${problem}`, { hint: SPARSE_HINT });
   }
 
-  private paxSparseError(records: PaxRecords, problem: string): never {
-    throw this.sparseError(paxString(records, 'GNU.sparse.name') ?? paxString(records, 'path') ?? '(unnamed)', problem);
-  }
+
 }
 
 /**
