@@ -85,12 +85,16 @@ class TreeBuilder {
   private readonly root: Node = { type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, children: new Map() };
   private readonly warnings: string[] = [];
   private nextInode = 1;
-  /** The directory the last entry went into: entries in tar order mostly share it. */
-  private lastParent?: { path: string; directory: ResolvedDirectory };
+  /**
+   * The directory the last entry went into, and the last entry itself when it
+   * is a directory: in tar order the next entry mostly goes into one of them.
+   * Rebuilt after every entry, so nothing in it can go stale.
+   */
+  private recentDirectories: { path: string; directory: ResolvedDirectory }[] = [];
 
   applyLayer(layer: UnpackedLayer): void {
     const context = new LayerContext(layer);
-    this.lastParent = undefined;
+    this.recentDirectories = [];
     const additions: LayerEntry[] = [];
     for (const entry of layer.entries) {
       const kind = classify(entry.path);
@@ -137,16 +141,18 @@ class TreeBuilder {
   private add(entry: LayerEntry, context: LayerContext): void {
     const node = entry.type === 'hardlink' ? this.linkedNode(entry, context) : this.newNode(entry, context.layer.tarPath);
     const parent = parentPath(entry.path);
-    const directory = this.lastParent?.path === parent ? this.lastParent.directory : this.resolveDirectory(parent, context, entry);
+    const recent = this.recentDirectories.find((known) => known.path === parent);
+    const directory = recent?.directory ?? this.resolveDirectory(parent, context, entry);
     if (directory.path !== parent) context.redirected(entry.path, joinPath(directory.path, baseName(entry.path)));
     const children = directory.node.children!;
     const existing = children.get(baseName(entry.path));
     if (node.type === 'dir' && existing?.type === 'dir') node.children = existing.children;
     children.set(baseName(entry.path), node);
-    // Replacing the remembered directory or one of its parents makes it stale;
-    // one reached through a symlink could go stale from elsewhere, so it is not kept.
-    const stale = this.lastParent !== undefined && (this.lastParent.path === entry.path || this.lastParent.path.startsWith(`${entry.path}/`));
-    this.lastParent = stale || directory.path !== parent ? undefined : { path: parent, directory };
+    // A directory reached through a symlink could go stale from elsewhere (the link replaced), so it is not kept.
+    this.recentDirectories = directory.path !== parent ? [] : [{ path: parent, directory }];
+    if (node.type === 'dir' && directory.path === parent) {
+      this.recentDirectories.push({ path: entry.path, directory: { node, path: entry.path } });
+    }
   }
 
   private newNode(entry: LayerEntry, tarPath: string): Node {

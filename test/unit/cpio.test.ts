@@ -268,6 +268,16 @@ describe('newc writer errors and limits', () => {
     const records = await readArchive(await buffer(newcArchive([entry('x'.repeat(4095), 'file', 0o644)])));
     expect(records[0]!.name.length).toBe(4095);
     expect(() => newcArchive([entry('y'.repeat(4096), 'file', 0o644)])).toThrow(/is 4096 bytes long/);
+    // Error lines stay short: the path is cut in the middle.
+    expect(() => newcArchive([entry('z'.repeat(100_000), 'file', 0o644)])).toThrow(/^path "z{60}…z{60}" is 100000 bytes long: the kernel unpacks at most 4095 \(PATH_MAX\)$/);
+  });
+
+  it('accepts a 4095-byte symlink target and refuses a 4096-byte one, which the kernel would skip', async () => {
+    const records = await readArchive(await buffer(newcArchive([entry('ok', 'symlink', 0o777, { linkTarget: 't'.repeat(4095) })])));
+    expect(records[0]!.size).toBe(4095);
+    expect(() => newcArchive([entry('long', 'symlink', 0o777, { linkTarget: 't'.repeat(4096) })])).toThrow(
+      /symlink "long" has a target of 4096 bytes: the kernel unpacks at most 4095 \(PATH_MAX\)/,
+    );
   });
 
   it('refuses a file of 4 GiB without reading it', async () => {
