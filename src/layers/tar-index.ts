@@ -469,6 +469,7 @@ export class TarIndexer {
   private paxSparseHeaders(pax: PaxRecords, sparseRecords: [string, string][], headerName: string): SparseHeaders | undefined {
     if (sparseRecords.length === 0 && ![...pax.keys()].some((key) => key.startsWith('GNU.sparse.'))) return undefined;
     const name = paxString(pax, 'GNU.sparse.name');
+    if (name?.includes('\0')) throw this.sparseError(headerName, `its GNU.sparse.name holds a NUL byte (${displayKey(name)})`);
     const fail = (problem: string): never => {
       throw this.sparseError(name ?? headerName, problem);
     };

@@ -209,6 +209,7 @@ describe('malformed sparse maps', () => {
       new RegExp(`more than the ${MAX_SPARSE_RUNS} runs allowed`),
     ],
     ['an unknown version', paxSparseTar({ ...map01('0,10'), 'GNU.sparse.major': '2', 'GNU.sparse.minor': '0' }, data(10)), /sparse format version 2.0 is unknown/],
+    ['a NUL in the name', paxSparseTar({ ...map01('0,10'), 'GNU.sparse.name': 'f\0evil' }, data(10)), /GNU.sparse.name holds a NUL byte \("f\\u0000evil"\)/],
     ['no size', paxSparseTar({ 'GNU.sparse.name': 'f', 'GNU.sparse.map': '0,10' }, data(10)), /no GNU.sparse.size or GNU.sparse.realsize/],
     ['no map', paxSparseTar({ 'GNU.sparse.name': 'f', 'GNU.sparse.size': '10' }, data(10)), /has GNU.sparse records but no sparse map/],
     [
