@@ -573,7 +573,7 @@ export class TarIndexer {
       const xattr = decodeXattr(key, value);
       if (xattr === undefined) continue;
       const problem = xattrProblem(xattr.name, xattr.value);
-      if (problem !== undefined) {
+      if (problem !== undefined || xattr.value === undefined) {
         this.warn('dropped extended attributes that Linux cannot hold', `"${displayPath(rawName)}" ${displayKey(key)} (${problem})`);
         continue;
       }
@@ -786,19 +786,26 @@ function displayKey(key: string): string {
   return JSON.stringify(displayPath(key.slice(0, 300)));
 }
 
-/** The attribute a SCHILY.xattr or LIBARCHIVE.xattr record carries (name as a byte string), or undefined for other keys. */
-function decodeXattr(key: string, value: Buffer): { name: string; value: Buffer } | undefined {
+const BASE64 = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}(?:==)?|[A-Za-z0-9+/]{3}=?)?$/;
+
+/**
+ * The attribute a SCHILY.xattr or LIBARCHIVE.xattr record carries (name as a
+ * byte string; no value when it cannot be decoded), or undefined for other keys.
+ */
+function decodeXattr(key: string, value: Buffer): { name: string; value?: Buffer } | undefined {
   if (key.startsWith('SCHILY.xattr.')) return { name: key.slice('SCHILY.xattr.'.length), value };
   if (!key.startsWith('LIBARCHIVE.xattr.')) return undefined;
   // libarchive percent-encodes the name and base64-encodes the value.
   const name = key.slice('LIBARCHIVE.xattr.'.length).replace(/%([0-9a-fA-F]{2})/g, (_match, hex: string) => String.fromCharCode(parseInt(hex, 16)));
-  return { name, value: Buffer.from(value.toString('latin1'), 'base64') };
+  const text = value.toString('latin1');
+  return { name, ...(BASE64.test(text) && { value: Buffer.from(text, 'base64') }) };
 }
 
 const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 /** Why Linux could not set this attribute (lsetxattr), or undefined when it could. */
-function xattrProblem(name: string, value: Buffer): string | undefined {
+function xattrProblem(name: string, value: Buffer | undefined): string | undefined {
+  if (value === undefined) return 'value is not base64';
   if (name === '') return 'empty name';
   if (name.includes('\0')) return 'NUL byte in the name';
   if (name.length > MAX_XATTR_NAME) return `name longer than ${MAX_XATTR_NAME} bytes`;

@@ -346,6 +346,7 @@ describe('TarIndexer: tar dialects, with GNU tar and bsdtar as oracles', () => {
       ['LIBARCHIVE.xattr.user.%00hidden', Buffer.from('b').toString('base64')],
       [`SCHILY.xattr.user.${'n'.repeat(300)}`, 'long name'],
       ['SCHILY.xattr.user.big', Buffer.alloc(65 * 1024, 1)],
+      ['LIBARCHIVE.xattr.user.not64', 'not base64!'],
       ['SCHILY.xattr.user.ok', 'fine'],
     ];
     const tar = Buffer.concat([paxEntry(records), fileEntry('odd', 'x'), paxEntry([records[0]!]), fileEntry('second', 'y'), TAR_END]);
@@ -355,7 +356,7 @@ describe('TarIndexer: tar dialects, with GNU tar and bsdtar as oracles', () => {
       ['second', undefined],
     ]);
     expect(warnings).toEqual([
-      'layer test: dropped extended attributes that Linux cannot hold 7 times (first: "odd" "SCHILY.xattr.user.nul\\u0000x" (NUL byte in the name))',
+      'layer test: dropped extended attributes that Linux cannot hold 8 times (first: "odd" "SCHILY.xattr.user.nul\\u0000x" (NUL byte in the name))',
     ]);
   });
 
