@@ -156,7 +156,7 @@ export async function shardJobs(
   for (const [index, shard] of shards.entries()) {
     const output = await workers.outputPath(`${keys[index]}${fileExtension(settings.compression)}`);
     jobs.push({ ...settings, index, key: keys[index]!, entries: shard, presentDirectories: [...present], output });
-    present.push(...directoriesOf(shard));
+    for (const directory of directoriesOf(shard)) present.push(directory); // a spread of a huge shard would overflow the stack
   }
   return jobs;
 }

@@ -12,7 +12,7 @@
  * it needs. A wrong guess (a layer in another order, a late whiteout, a
  * symlinked parent) costs the CPU it took, never correctness.
  */
-import { compareTreePaths, parentPath, SLASH_CODE, type FileRange, type TreeEntry } from '../tree/entry.ts';
+import { compareTreePaths, parentPath, SLASH_CODE, storedSize, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import type { LayerEntry } from '../layers/tar-index.ts';
 import type { LayerProgress, UnpackedLayer } from '../layers/unpack.ts';
 import { SHARD_BYTES, shardEntries, shardJobs, shardKeys, type ArchiveSettings, type EarlyShards, type ShardJob, type ShardResult } from './archive.ts';
@@ -176,7 +176,7 @@ export class ShardSpeculator implements EarlyShards {
       const reached = this.#orders.frontier(entries);
       if (reached === undefined) return undefined;
       if (frontier === undefined || compareTreePaths(reached, frontier) < 0) frontier = reached;
-      layers.push({ diffId: '', tarPath, entries: copy ? entries.slice() : entries });
+      layers.push({ diffId: '', tarPath, entries: copy ? entries.slice() : entries, warnings: [] });
     }
     return frontier === undefined ? undefined : { layers, frontier };
   }
@@ -284,7 +284,7 @@ function isReadable(entry: TreeEntry, readable: ReadonlyMap<string, number>): bo
   const data = entry.data as FileRange | Buffer | undefined;
   if (data === undefined || Buffer.isBuffer(data)) return true;
   const bytes = readable.get(data.file);
-  return bytes === undefined || data.offset + data.size <= bytes;
+  return bytes === undefined || data.offset + storedSize(data) <= bytes;
 }
 
 /** How many of the sorted entries come before `path`. */

@@ -11,7 +11,8 @@ export function printLines(lines: readonly string[]): void {
 
 /** Rows with each column padded to its widest cell (the last column is not padded). */
 export function columns(rows: readonly (readonly string[])[], indent = '  '): string[] {
-  const widths = rows[0]?.map((_, column) => Math.max(...rows.map((row) => row[column]!.length))) ?? [];
+  // A loop, not Math.max(...cells): a spread of a few hundred thousand rows overflows the stack.
+  const widths = rows[0]?.map((_, column) => rows.reduce((widest, row) => Math.max(widest, row[column]!.length), 0)) ?? [];
   return rows.map((row) => indent + row.map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  '));
 }
 

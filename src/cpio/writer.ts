@@ -7,7 +7,7 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { InputError } from '../errors.ts';
-import { dataSize, displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
+import { dataSize, displayPath, parentPath, rangePieces, storedSize, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import { encodeHeader, HEADER_SIZE, MAX_NAME_SIZE, MAX_U32, paddingFor, TRAILER_NAME, TYPE_BITS, type NewcHeader } from './newc.ts';
 
 export interface NewcOptions {
@@ -43,6 +43,8 @@ const BATCH_BYTES = 64 * 1024;
 /** gen_init_cpio pads the whole archive to this after the trailer. */
 const ARCHIVE_ALIGNMENT = 512;
 const ZEROS = Buffer.alloc(ARCHIVE_ALIGNMENT);
+/** What a sparse file's holes read as; nothing writes into it. */
+const ZERO_CHUNK = Buffer.alloc(READ_CHUNK);
 
 type Header = Omit<NewcHeader, 'namesize' | 'check'>;
 
@@ -181,9 +183,11 @@ function checkEntry(entry: TreeEntry, directories: ReadonlySet<string>): void {
   if (entry.path === TRAILER_NAME) {
     throw new InputError(`"${path}" cannot be archived: the name is the cpio end-of-archive marker`);
   }
+  // The kernel skips longer names and symlink targets without a word (PATH_MAX).
   if (entry.path.length + 1 > MAX_NAME_SIZE) {
     throw new InputError(
-      `path "${path}" is ${entry.path.length} bytes long: newc and the kernel allow at most ${MAX_NAME_SIZE - 1}`,
+      `path "${abbreviated(path)}" is ${entry.path.length} bytes long: the kernel unpacks at most ${MAX_NAME_SIZE - 1} (PATH_MAX)`,
+      { hint: 'remove the deep tree from the image (e.g. with the recipe\'s remove patterns)' },
     );
   }
   const parent = parentPath(entry.path);
@@ -199,6 +203,11 @@ function checkEntry(entry: TreeEntry, directories: ReadonlySet<string>): void {
   if (entry.type === 'symlink' && !BYTE_STRING.test(entry.linkTarget ?? '')) {
     throw new InputError(`target of symlink "${path}" is not a latin1 byte string without NUL`);
   }
+  if (entry.type === 'symlink' && entry.linkTarget!.length + 1 > MAX_NAME_SIZE) {
+    throw new InputError(
+      `symlink "${abbreviated(path)}" has a target of ${entry.linkTarget!.length} bytes: the kernel unpacks at most ${MAX_NAME_SIZE - 1} (PATH_MAX)`,
+    );
+  }
   if (dataSize(entry) > MAX_U32) {
     throw new InputError(`file "${path}" is ${dataSize(entry)} bytes: newc cannot hold a file of 4 GiB or more`, {
       hint: 'remove or split the file in the image',
@@ -212,16 +221,18 @@ function checkEntry(entry: TreeEntry, directories: ReadonlySet<string>): void {
   }
 }
 
-/** Clamped, floored, negative -> 0; the result must fit newc's u32 field. */
+/** A path shortened for an error line. */
+function abbreviated(path: string): string {
+  return path.length <= 120 ? path : `${path.slice(0, 60)}…${path.slice(-60)}`;
+}
+
+/**
+ * Clamped (SOURCE_DATE_EPOCH), floored, and brought into newc's u32 field:
+ * before 1970 becomes 0, after 2106-02-07 becomes 2^32-1 (docs/initramfs-layout.md).
+ */
 function archiveMtime(entry: TreeEntry, clampMtime: number | undefined): number {
   const mtime = clampMtime === undefined ? entry.mtime : Math.min(entry.mtime, clampMtime);
-  const seconds = Math.max(0, Math.floor(mtime));
-  if (!(seconds <= MAX_U32)) {
-    throw new InputError(`mtime ${entry.mtime} of "${displayPath(entry.path)}" does not fit in newc's 32-bit field`, {
-      hint: 'set a clamp mtime (SOURCE_DATE_EPOCH) to lower it',
-    });
-  }
-  return seconds;
+  return Math.min(MAX_U32, Math.max(0, Math.floor(mtime)));
 }
 
 /** The archive in order: bytes as they are, or a file range to read. */
@@ -319,28 +330,44 @@ class RangeReader {
     this.#partialFiles = partialFiles;
   }
 
+  /** The range's contents in chunks; a sparse file's holes are one shared zero chunk, never allocated per hole. */
   *read(range: FileRange, entryPath: string): Generator<Buffer> {
-    const end = range.offset + range.size;
-    for (let position = range.offset; position < end; ) {
-      const chunk = Buffer.allocUnsafe(Math.min(READ_CHUNK, end - position));
-      const bytesRead = this.#readSome(range, entryPath, chunk, 0, position);
-      position += bytesRead;
-      yield chunk.subarray(0, bytesRead);
+    for (const piece of rangePieces(range, 0, range.size)) {
+      if ('zeros' in piece) {
+        for (let left = piece.zeros; left > 0; left -= READ_CHUNK) yield ZERO_CHUNK.subarray(0, Math.min(READ_CHUNK, left));
+        continue;
+      }
+      const end = piece.position + piece.length;
+      for (let position = piece.position; position < end; ) {
+        const chunk = Buffer.allocUnsafe(Math.min(READ_CHUNK, end - position));
+        const bytesRead = this.#readSome(range, entryPath, chunk, 0, chunk.length, position);
+        position += bytesRead;
+        yield chunk.subarray(0, bytesRead);
+      }
     }
   }
 
-  /** Fills `target` with the range's bytes from `from` on. */
+  /** Fills `target` with the range's contents from `from` on. */
   readPart(range: FileRange, entryPath: string, from: number, target: Buffer): void {
-    for (let done = 0; done < target.length; ) {
-      done += this.#readSome(range, entryPath, target, done, range.offset + from + done);
+    let at = 0;
+    for (const piece of rangePieces(range, from, from + target.length)) {
+      if ('zeros' in piece) {
+        target.fill(0, at, at + piece.zeros);
+        at += piece.zeros;
+        continue;
+      }
+      for (let done = 0; done < piece.length; ) {
+        done += this.#readSome(range, entryPath, target, at + done, at + piece.length, piece.position + done);
+      }
+      at += piece.length;
     }
   }
 
-  #readSome(range: FileRange, entryPath: string, into: Buffer, offset: number, position: number): number {
-    const bytesRead = readSync(this.#open(range.file), into, offset, into.length - offset, position);
+  #readSome(range: FileRange, entryPath: string, into: Buffer, offset: number, end: number, position: number): number {
+    const bytesRead = readSync(this.#open(range.file), into, offset, end - offset, position);
     if (bytesRead === 0) {
       throw new InputError(
-        `${range.file} ends at byte ${position}, before the end of "${displayPath(entryPath)}" (bytes ${range.offset}-${range.offset + range.size}); was it changed while rampack ran?`,
+        `${range.file} ends at byte ${position}, before the end of "${displayPath(entryPath)}" (bytes ${range.offset}-${range.offset + storedSize(range)}); was it changed while rampack ran?`,
       );
     }
     return bytesRead;

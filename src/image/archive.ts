@@ -108,6 +108,12 @@ class TarArchive {
     let current = normalizeLayerPath(path);
     for (let hop = 0; hop <= MAX_LINK_HOPS && current !== undefined; hop++) {
       const entry = this.members.get(current);
+      if (entry?.type === 'file' && entry.sparse !== undefined) {
+        // Members are read as byte ranges of the archive; a blob has no holes worth a sparse map.
+        throw new InputError(`image archive ${this.file} stores ${what} (${path}) as a sparse file`, {
+          hint: 'export the archive again without tar --sparse',
+        });
+      }
       if (entry?.type === 'file') return entry;
       if (entry?.type === 'hardlink') current = entry.linkname;
       else if (entry?.type === 'symlink') current = normalizeLayerPath(posix.join(posix.dirname(entry.path), entry.linkname!));

@@ -27,6 +27,7 @@
  * - Mode keeps setuid, setgid and sticky bits; symlinks get 0777, the mode
  *   Linux always reports for them. uid/gid are numeric; mtime whole seconds.
  */
+import { MAX_NAME_SIZE } from '../cpio/newc.ts';
 import { InputError } from '../errors.ts';
 import { displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import type { LayerEntry } from './tar-index.ts';
@@ -84,12 +85,16 @@ class TreeBuilder {
   private readonly root: Node = { type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, children: new Map() };
   private readonly warnings: string[] = [];
   private nextInode = 1;
-  /** The directory the last entry went into: entries in tar order mostly share it. */
-  private lastParent?: { path: string; directory: ResolvedDirectory };
+  /**
+   * The directory the last entry went into, and the last entry itself when it
+   * is a directory: in tar order the next entry mostly goes into one of them.
+   * Rebuilt after every entry, so nothing in it can go stale.
+   */
+  private recentDirectories: { path: string; directory: ResolvedDirectory }[] = [];
 
   applyLayer(layer: UnpackedLayer): void {
     const context = new LayerContext(layer);
-    this.lastParent = undefined;
+    this.recentDirectories = [];
     const additions: LayerEntry[] = [];
     for (const entry of layer.entries) {
       const kind = classify(entry.path);
@@ -98,21 +103,27 @@ class TreeBuilder {
       else context.skipped++;
     }
     for (const entry of additions) this.add(entry, context);
-    this.warnings.push(...context.warnings());
+    for (const warning of [...layer.warnings, ...context.warnings()]) this.warnings.push(warning);
   }
 
   result(): FlattenResult {
     const entries: TreeEntry[] = [];
-    // Children by name, depth first: the walk order of compareTreePaths.
-    const collect = (directory: Node, prefix: string): void => {
-      for (const [name, node] of byName(directory.children!)) {
-        const path = prefix === '' ? name : `${prefix}/${name}`;
-        const { children, ...fields } = node;
-        entries.push({ path, ...fields });
-        if (children !== undefined) collect(node, path);
+    // Children by name, depth first: the walk order of compareTreePaths. An
+    // explicit stack, as a layer decides how deep the tree goes.
+    const stack: { prefix: string; children: Iterator<[string, Node]> }[] = [{ prefix: '', children: byName(this.root.children!) }];
+    while (stack.length > 0) {
+      const top = stack.at(-1)!;
+      const next = top.children.next();
+      if (next.done) {
+        stack.pop();
+        continue;
       }
-    };
-    collect(this.root, '');
+      const [name, node] = next.value;
+      const path = joinPath(top.prefix, name);
+      const { children, ...fields } = node;
+      entries.push({ path, ...fields });
+      if (children !== undefined) stack.push({ prefix: path, children: byName(children) });
+    }
     const droppedXattrs = entries.flatMap(({ path, xattrs }) =>
       Object.entries(xattrs ?? {}).map(([name, value]) => ({ path, name, value })),
     );
@@ -130,16 +141,18 @@ class TreeBuilder {
   private add(entry: LayerEntry, context: LayerContext): void {
     const node = entry.type === 'hardlink' ? this.linkedNode(entry, context) : this.newNode(entry, context.layer.tarPath);
     const parent = parentPath(entry.path);
-    const directory = this.lastParent?.path === parent ? this.lastParent.directory : this.resolveDirectory(parent, context, entry);
+    const recent = this.recentDirectories.find((known) => known.path === parent);
+    const directory = recent?.directory ?? this.resolveDirectory(parent, context, entry);
     if (directory.path !== parent) context.redirected(entry.path, joinPath(directory.path, baseName(entry.path)));
     const children = directory.node.children!;
     const existing = children.get(baseName(entry.path));
     if (node.type === 'dir' && existing?.type === 'dir') node.children = existing.children;
     children.set(baseName(entry.path), node);
-    // Replacing the remembered directory or one of its parents makes it stale;
-    // one reached through a symlink could go stale from elsewhere, so it is not kept.
-    const stale = this.lastParent !== undefined && (this.lastParent.path === entry.path || this.lastParent.path.startsWith(`${entry.path}/`));
-    this.lastParent = stale || directory.path !== parent ? undefined : { path: parent, directory };
+    // A directory reached through a symlink could go stale from elsewhere (the link replaced), so it is not kept.
+    this.recentDirectories = directory.path !== parent ? [] : [{ path: parent, directory }];
+    if (node.type === 'dir' && directory.path === parent) {
+      this.recentDirectories.push({ path: entry.path, directory: { node, path: entry.path } });
+    }
   }
 
   private newNode(entry: LayerEntry, tarPath: string): Node {
@@ -147,7 +160,7 @@ class TreeBuilder {
     if (entry.xattrs !== undefined) node.xattrs = entry.xattrs;
     switch (entry.type) {
       case 'file':
-        node.data = { file: tarPath, offset: entry.dataOffset, size: entry.size };
+        node.data = { file: tarPath, offset: entry.dataOffset, size: entry.size, ...(entry.sparse && { sparse: entry.sparse }) };
         node.inode = this.nextInode++;
         break;
       case 'dir':
@@ -208,8 +221,14 @@ class TreeBuilder {
           if (entry === undefined) return undefined;
           throw context.error(`too many levels of symbolic links in the parents of "${displayPath(entry.path)}"`);
         }
+        if (child.linkTarget!.length >= MAX_NAME_SIZE) {
+          // Linux refuses such a symlink (ENAMETOOLONG), so no runtime follows one; nor is the work bounded.
+          if (entry === undefined) return undefined;
+          throw context.error(`a parent of "${displayPath(entry.path)}" is a symlink whose target is longer than PATH_MAX (${MAX_NAME_SIZE} bytes)`);
+        }
         if (child.linkTarget!.startsWith('/')) trail.length = 0;
-        pending.push(...splitPath(child.linkTarget!).reverse());
+        // One at a time: a spread of a huge target's components would overflow the stack.
+        for (const component of splitPath(child.linkTarget!).reverse()) pending.push(component);
         continue;
       }
       if (child.type !== 'dir') {
@@ -270,10 +289,10 @@ function classify(path: string): 'whiteout' | 'skip' | 'entry' {
 }
 
 /** A directory's children sorted by name; layers in walk order insert them sorted already. */
-function byName(children: Map<string, Node>): [string, Node][] {
+function byName(children: Map<string, Node>): Iterator<[string, Node]> {
   const list = [...children];
   const sorted = list.every(([name], index) => index === 0 || list[index - 1]![0] < name);
-  return sorted ? list : list.sort(([a], [b]) => (a < b ? -1 : 1));
+  return (sorted ? list : list.sort(([a], [b]) => (a < b ? -1 : 1))).values();
 }
 
 function splitPath(path: string): string[] {

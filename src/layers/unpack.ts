@@ -26,6 +26,8 @@ export interface UnpackedLayer {
   /** Absolute path of the uncompressed tar in the layer cache. */
   tarPath: string;
   entries: readonly LayerEntry[];
+  /** What the indexer let pass with a warning (one line per kind, naming the layer). */
+  warnings: readonly string[];
 }
 
 /** A compressed (or plain) layer blob: a file on disk, or one still downloading, unpacked as it arrives. */
@@ -57,12 +59,13 @@ export interface LayerProgress {
 }
 
 /** Bumped whenever the index layout changes, so old cache files are redone. */
-const INDEX_FORMAT = 1;
+const INDEX_FORMAT = 2;
 
 interface StoredIndex {
   format: number;
   diffId: string;
   tarSize: number;
+  warnings: string[];
   entries: (Omit<LayerEntry, 'xattrs'> & { xattrs?: Record<string, string> })[];
 }
 
@@ -74,14 +77,14 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<Unpacked
   const tarPath = `${base}.tar`;
   const indexPath = `${base}.json`;
   const cached = await readCachedIndex(tarPath, indexPath, diffId);
-  if (cached !== undefined) return { diffId, tarPath, entries: cached };
-  const { entries, tarSize } = await writeAtomically(tarPath, (temporary) => unpackBlob(options, tarPath, temporary));
-  await writeFileAtomically(indexPath, JSON.stringify(storedIndex(diffId, tarSize, entries)));
-  return { diffId, tarPath, entries };
+  if (cached !== undefined) return { diffId, tarPath, ...cached };
+  const { entries, warnings, tarSize } = await writeAtomically(tarPath, (temporary) => unpackBlob(options, tarPath, temporary));
+  await writeFileAtomically(indexPath, JSON.stringify(storedIndex(diffId, tarSize, entries, warnings)));
+  return { diffId, tarPath, entries, warnings };
 }
 
 /** The stored index, or undefined when it is missing or does not match its tar. */
-async function readCachedIndex(tarPath: string, indexPath: string, diffId: string): Promise<LayerEntry[] | undefined> {
+async function readCachedIndex(tarPath: string, indexPath: string, diffId: string): Promise<IndexedTar | undefined> {
   let stored: StoredIndex;
   let tarSize: number;
   try {
@@ -91,16 +94,18 @@ async function readCachedIndex(tarPath: string, indexPath: string, diffId: strin
     return undefined; // not cached yet, or damaged: unpack again
   }
   if (stored.format !== INDEX_FORMAT || stored.diffId !== diffId || stored.tarSize !== tarSize) return undefined;
-  return stored.entries.map(({ xattrs, ...entry }) =>
+  const entries = stored.entries.map(({ xattrs, ...entry }) =>
     xattrs === undefined ? entry : { ...entry, xattrs: mapValues(xattrs, (value) => Buffer.from(value, 'base64')) },
   );
+  return { entries, warnings: stored.warnings };
 }
 
-function storedIndex(diffId: string, tarSize: number, entries: readonly LayerEntry[]): StoredIndex {
+function storedIndex(diffId: string, tarSize: number, entries: readonly LayerEntry[], warnings: string[]): StoredIndex {
   return {
     format: INDEX_FORMAT,
     diffId,
     tarSize,
+    warnings,
     entries: entries.map(({ xattrs, ...entry }) =>
       xattrs === undefined ? entry : { ...entry, xattrs: mapValues(xattrs, (value) => value.toString('base64')) },
     ),
@@ -109,6 +114,12 @@ function storedIndex(diffId: string, tarSize: number, entries: readonly LayerEnt
 
 function mapValues<A, B>(record: Record<string, A>, map: (value: A) => B): Record<string, B> {
   return Object.fromEntries(Object.entries(record).map(([key, value]) => [key, map(value)]));
+}
+
+/** What indexing a layer's tar gives. */
+interface IndexedTar {
+  entries: LayerEntry[];
+  warnings: string[];
 }
 
 /** Where one pass reads a blob from. */
@@ -132,7 +143,7 @@ async function fileSource(path: string, descriptor: Descriptor): Promise<BlobSou
 }
 
 /** Unpacks a file, or an incoming blob as it arrives (from its complete file when its download had to start over). */
-async function unpackBlob(options: UnpackLayerOptions, tarPath: string, temporary: string): Promise<{ entries: LayerEntry[]; tarSize: number }> {
+async function unpackBlob(options: UnpackLayerOptions, tarPath: string, temporary: string): Promise<IndexedTar & { tarSize: number }> {
   const { blob, descriptor } = options;
   if (typeof blob === 'string') return decompressAndIndex(await fileSource(blob, descriptor), options, tarPath, temporary);
   try {
@@ -149,7 +160,7 @@ async function decompressAndIndex(
   { descriptor, diffId, onProgress }: UnpackLayerOptions,
   tarPath: string,
   temporary: string,
-): Promise<{ entries: LayerEntry[]; tarSize: number }> {
+): Promise<IndexedTar & { tarSize: number }> {
   const layer = `layer ${descriptor.digest}`;
   const { head, chunks } = await peek(source.chunks, MAGIC_LENGTH);
   const encoding = detectCompression(head);
@@ -188,7 +199,7 @@ async function decompressAndIndex(
       { hint: 'the image config does not match its layers; rebuild or re-push the image' },
     );
   }
-  return { entries: indexer.entries, tarSize: uncompressed.size };
+  return { entries: indexer.entries, warnings: indexer.warnings(), tarSize: uncompressed.size };
 }
 
 /** Enough bytes to tell the codec. */

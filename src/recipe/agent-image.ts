@@ -14,16 +14,24 @@ import type { Arch } from '../image/source.ts';
 import { flattenLayers } from '../layers/flatten.ts';
 import { unpackImageLayers } from '../layers/unpack.ts';
 import { BlobCache } from '../registry/cache.ts';
-import { bytePath, type FileRange, type TreeEntry } from '../tree/entry.ts';
+import { bytePath, rangePieces, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import { sha256Digest } from '../util/digest.ts';
 import type { BuildTarget } from './recipe.ts';
 
 async function readRange(range: FileRange): Promise<Buffer> {
   const handle = await open(range.file);
   try {
-    const buffer = Buffer.alloc(range.size);
-    const { bytesRead } = await handle.read(buffer, 0, range.size, range.offset);
-    if (bytesRead !== range.size) throw new InputError(`layer cache file ${range.file} is shorter than its index says`, { hint: 'remove the cache directory and build again' });
+    const buffer = Buffer.alloc(range.size); // holes of a sparse file stay zero
+    let at = 0;
+    for (const piece of rangePieces(range, 0, range.size)) {
+      if ('position' in piece) {
+        const { bytesRead } = await handle.read(buffer, at, piece.length, piece.position);
+        if (bytesRead !== piece.length) throw new InputError(`layer cache file ${range.file} is shorter than its index says`, { hint: 'remove the cache directory and build again' });
+        at += piece.length;
+      } else {
+        at += piece.zeros;
+      }
+    }
     return buffer;
   } finally {
     await handle.close();

@@ -12,11 +12,89 @@
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo';
 
+/** A run of data in a sparse file: `size` bytes at `offset` of the file. */
+export interface SparseRun {
+  readonly offset: number;
+  readonly size: number;
+}
+
 /** A byte range inside a file on local disk (e.g. an unpacked layer tar). */
 export interface FileRange {
   readonly file: string;
   readonly offset: number;
+  /** Bytes of the file's contents (holes included). */
   readonly size: number;
+  /**
+   * A sparse file (GNU tar --sparse): only these runs are stored, back to
+   * back from `offset`, in order; every other byte of the contents is zero.
+   */
+  readonly sparse?: readonly SparseRun[];
+}
+
+/** A part of a range's contents: bytes stored at `position` of its file, or zeros. */
+export type RangePiece = { position: number; length: number } | { zeros: number };
+
+/** Bytes a range occupies in its file (less than its size when it is sparse). */
+export function storedSize(range: FileRange): number {
+  return range.sparse === undefined ? range.size : storedStarts(range.sparse).total;
+}
+
+/**
+ * Bytes [from, to) of a range's contents as stored bytes and zeros, in order,
+ * without ever holding a hole in memory (a sparse file may be mostly holes).
+ */
+export function* rangePieces(range: FileRange, from: number, to: number): Generator<RangePiece> {
+  if (range.sparse === undefined) {
+    if (to > from) yield { position: range.offset + from, length: to - from };
+    return;
+  }
+  const runs = range.sparse;
+  const { starts } = storedStarts(runs);
+  let at = from;
+  for (let index = firstRunEndingAfter(runs, from); index < runs.length && at < to; index++) {
+    const run = runs[index]!;
+    if (at < run.offset) {
+      const zeros = Math.min(run.offset, to) - at;
+      yield { zeros };
+      at += zeros;
+    }
+    const end = Math.min(run.offset + run.size, to);
+    if (at < end) {
+      yield { position: range.offset + starts[index]! + (at - run.offset), length: end - at };
+      at = end;
+    }
+  }
+  if (at < to) yield { zeros: to - at };
+}
+
+/** Where each run starts among the stored bytes, computed once per map. */
+const storedStartsOf = new WeakMap<readonly SparseRun[], { starts: Float64Array; total: number }>();
+
+function storedStarts(runs: readonly SparseRun[]): { starts: Float64Array; total: number } {
+  let known = storedStartsOf.get(runs);
+  if (known === undefined) {
+    const starts = new Float64Array(runs.length);
+    let total = 0;
+    runs.forEach((run, index) => {
+      starts[index] = total;
+      total += run.size;
+    });
+    storedStartsOf.set(runs, (known = { starts, total }));
+  }
+  return known;
+}
+
+/** Index of the first run (sorted, not overlapping) that ends after `offset`: a binary search. */
+function firstRunEndingAfter(runs: readonly SparseRun[], offset: number): number {
+  let low = 0;
+  let high = runs.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    const run = runs[middle]!;
+    if (run.offset + run.size <= offset) low = middle + 1;
+    else high = middle;
+  }
+  return low;
 }
 
 export interface TreeEntry {

@@ -8,7 +8,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, mkdtempSync, rmSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +25,7 @@ import { buildTestAgent, parseTree, type AgentTreeEntry } from '../helpers/agent
 import { runRampack } from '../helpers/cli.ts';
 import { KERNEL_CACHE } from '../helpers/debian.ts';
 import { type ImageSpec, rawTar, type TarEntrySpec, writeOciLayout } from '../helpers/oci-builder.ts';
+import { SPARSE_FILES, SPARSE_FORMATS, sparseContents, sparseTar } from '../helpers/sparse.ts';
 import { ensureTools, TOOLS } from '../helpers/system.ts';
 
 /** What both sides are compared on, per path. */
@@ -242,7 +243,34 @@ const MIXED: ImageSpec = {
   ],
 };
 
-const IMAGES: Record<string, ImageSpec> = { whiteouts: WHITEOUTS, 'hard-links': HARD_LINKS, paths: PATHS, metadata: METADATA, mixed: MIXED };
+/**
+ * Sparse files in the PAX formats GNU tar and bsdtar write, one layer each
+ * (made when first used: the tools write them). Old GNU sparse entries
+ * (typeflag 'S') umoci refuses, as containerd and Docker do; the build test
+ * in sparse-build.test.ts checks them against GNU tar.
+ */
+const PAX_SPARSE_FORMATS = Object.keys(SPARSE_FORMATS).filter((format) => format !== 'gnu-old');
+let sparseImage: ImageSpec | undefined;
+function sparseFiles(): ImageSpec {
+  const source = mkdtempSync(join(tmpdir(), 'rampack-sparse-layers-'));
+  try {
+    sparseImage ??= { layers: PAX_SPARSE_FORMATS.map((format) => ({ compression: 'gzip' as const, tar: sparseTar(source, format) })) };
+  } finally {
+    rmSync(source, { recursive: true, force: true });
+  }
+  return sparseImage;
+}
+
+const IMAGES: Record<string, ImageSpec> = {
+  whiteouts: WHITEOUTS,
+  'hard-links': HARD_LINKS,
+  paths: PATHS,
+  metadata: METADATA,
+  mixed: MIXED,
+  get sparse() {
+    return sparseFiles();
+  },
+};
 
 function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
@@ -399,6 +427,12 @@ describe('the scenarios exercise what they claim to', () => {
     expect(trees.paths!.observed.get(latin1('odd/tab\there\xff\xfe\x01').toString('latin1'))?.type).toBe('file');
     expect(trees.metadata!.observed.get('dev/big')?.device).toBe('4095:1048575');
     expect(trees.metadata!.observed.get('home/big-ids')).toMatchObject({ uid: 3_000_000, gid: 2_097_153 });
+    for (const format of PAX_SPARSE_FORMATS) {
+      for (const spec of SPARSE_FILES) {
+        const expected = { type: 'file', size: spec.size, sha256: sha256(sparseContents(spec)) };
+        expect(trees.sparse!.observed.get(`${format}/${spec.name}`), `${format}/${spec.name}`).toMatchObject(expected);
+      }
+    }
   });
 });
 

@@ -6,6 +6,7 @@ import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { InputError, VerificationError } from '../../src/errors.ts';
 import { flattenLayers, type FlattenResult } from '../../src/layers/flatten.ts';
+import type { LayerEntry } from '../../src/layers/tar-index.ts';
 import { unpackLayer, type UnpackedLayer, type UnpackLayerOptions } from '../../src/layers/unpack.ts';
 import { compareTreePaths, parentPath, type FileRange, type TreeEntry } from '../../src/tree/entry.ts';
 import { sha256Digest } from '../../src/util/digest.ts';
@@ -194,6 +195,18 @@ describe('flattenLayers: hard links', () => {
     const upper = await layer([hardlink('link', 'gone')]);
     expect(() => flattenLayers([upper])).toThrow(InputError);
     expect(() => flattenLayers([upper])).toThrow(`layer ${upper.diffId}: hard link "link" points to "gone", which does not exist`);
+    // A link to an entry later in the same tar is a link to nothing yet, as GNU tar and bsdtar find it.
+    const early = await layer([hardlink('b', 'c'), file('c', 'C')]);
+    expect(() => flattenLayers([early])).toThrow(/hard link "b" points to "c", which does not exist at that point/);
+  });
+
+  it('a link to itself leaves the entry as it was (GNU tar keeps it, bsdtar skips the link)', async () => {
+    const entries = byPath(await flatten([file('a', 'AA', { mode: 0o600 })], [hardlink('a', 'a')]));
+    expect(entries.get('a')).toMatchObject({ type: 'file', mode: 0o600 });
+    expect(contentOf(entries.get('a'))).toBe('AA');
+    expect(() => flattenLayers([{ diffId: 'self', tarPath: '', entries: [{ path: 's', type: 'hardlink', linkname: 's', mode: 0, uid: 0, gid: 0, mtime: 0, size: 0, dataOffset: 0 }], warnings: [] }])).toThrow(
+      /hard link "s" points to "s", which does not exist/,
+    );
   });
 });
 
@@ -226,6 +239,29 @@ describe('flattenLayers: parents', () => {
     expect(() => flattenLayers(fileParent)).toThrow(
       `layer ${fileParent[1]!.diffId}: cannot create "f/x": its parent "f" is a file, not a directory`,
     );
+  });
+
+  it('flattens trees 20000 levels deep without recursion, explicit or implied parents alike', () => {
+    const depth = 20_000;
+    const explicit: LayerEntry[] = [];
+    let path = '';
+    for (let level = 0; level < depth; level++) {
+      path = path === '' ? 'd' : `${path}/d`;
+      explicit.push({ path, type: 'dir', mode: 0o700, uid: 0, gid: 0, mtime: 5, size: 0, dataOffset: 0 });
+    }
+    const implied: LayerEntry = { path: `${path}/f`, type: 'fifo', mode: 0o644, uid: 0, gid: 0, mtime: 7, size: 0, dataOffset: 0 };
+    for (const entries of [[...explicit, implied], [implied]]) {
+      const result = flattenLayers([{ diffId: 'deep', tarPath: '', entries, warnings: [] }]);
+      expect(result.entries.length).toBe(depth + 1);
+      expect(result.entries.at(-1)).toMatchObject({ path: `${path}/f`, type: 'fifo' });
+      expect(result.entries[depth - 1]).toMatchObject({ path, mode: entries.length > 1 ? 0o700 : 0o755 });
+    }
+  });
+
+  it('refuses to follow a parent symlink whose target is longer than PATH_MAX (Linux cannot create one)', async () => {
+    const target = Array(300_000).fill('x').join('/');
+    const layers = [await layer([symlink('long', target)]), await layer([file('long/f', 'f')])];
+    expect(() => flattenLayers(layers)).toThrow(/a parent of "long\/f" is a symlink whose target is longer than PATH_MAX/);
   });
 
   it('sorts in walk order (a directory, its subtree, then its next sibling), every parent before its children', async () => {

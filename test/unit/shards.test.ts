@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { imageArchive, shardEntries, shardKeys, writeInitramfs, type ArchiveSettings } from '../../src/build/archive.ts';
+import { imageArchive, shardEntries, shardJobs, shardKeys, writeInitramfs, type ArchiveSettings } from '../../src/build/archive.ts';
 import { ShardWorkers } from '../../src/build/shard-workers.ts';
 import { readNewcArchive } from '../../src/cpio/reader.ts';
 import type { TreeEntry } from '../../src/tree/entry.ts';
@@ -154,6 +154,22 @@ describe('a shard holding a file bigger than a worker buffer', () => {
       for await (const record of readNewcArchive(Readable.from([decompressedInitramfs(output)]))) records.push(record);
       expect(records.map((record) => record.name)).toEqual(['opt', 'opt/a', 'opt/big', 'opt/z']);
       expect(records[2]!.data!.equals(big)).toBe(true);
+    } finally {
+      await workers.close();
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('shard jobs', () => {
+  it('tell each shard the directories before it, even 300000 of them in one shard', async () => {
+    const cacheDir = await mkdtemp(join(tmpdir(), 'rampack-shards-'));
+    const directory = (path: string): TreeEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1 });
+    const many = Array.from({ length: 300_000 }, (_, index) => directory(`d${index}`));
+    const workers = new ShardWorkers(cacheDir);
+    try {
+      const jobs = await shardJobs([many, [directory('last')]], ['k1', 'k2'], { compression: 'gzip' }, workers);
+      expect(jobs.map((job) => job.presentDirectories.length)).toEqual([0, 300_000]);
     } finally {
       await workers.close();
       await rm(cacheDir, { recursive: true, force: true });

@@ -1,5 +1,5 @@
-import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, symlink, truncate, utimes, writeFile, link, appendFile } from 'node:fs/promises';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm, symlink, utimes, writeFile, link } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -12,9 +12,47 @@ const GNU_TAR = { command: 'tar', pkg: 'tar' };
 
 /** Indexes `tar`, fed in chunks of `chunkSize` bytes to cross every boundary. */
 function indexTar(tar: Buffer, chunkSize = tar.length): LayerEntry[] {
+  return indexWithWarnings(tar, chunkSize).entries;
+}
+
+function indexWithWarnings(tar: Buffer, chunkSize = tar.length): { entries: LayerEntry[]; warnings: string[] } {
   const indexer = new TarIndexer('layer test');
   for (let at = 0; at < tar.length; at += chunkSize) indexer.write(tar.subarray(at, at + chunkSize));
-  return indexer.end();
+  return { entries: indexer.end(), warnings: indexer.warnings() };
+}
+
+/** A PAX 'x' (or global 'g') header entry; keys and values may be raw bytes. */
+function paxEntry(records: [string | Buffer, string | Buffer][], typeflag = 'x'): Buffer {
+  const body = Buffer.concat(records.map(([key, value]) => paxRecord(key, value)));
+  return Buffer.concat([tarHeader({ name: 'PaxHeader/entry', typeflag, size: body.length }), padBlock(body)]);
+}
+
+function paxRecord(key: string | Buffer, value: string | Buffer): Buffer {
+  const rest = Buffer.concat([Buffer.from(' '), Buffer.from(key), Buffer.from('='), Buffer.from(value), Buffer.from('\n')]);
+  let length = rest.length + 1;
+  while (String(length).length + rest.length !== length) length++;
+  return Buffer.concat([Buffer.from(String(length)), rest]);
+}
+
+/** A GNU long name ('L') or long link name ('K') entry. */
+function gnuLongEntry(name: string, typeflag: 'L' | 'K'): Buffer {
+  const body = Buffer.from(`${name}\0`);
+  return Buffer.concat([tarHeader({ name: '././@LongLink', typeflag, size: body.length }), padBlock(body)]);
+}
+
+function fileEntry(name: string, data = '', extra: Partial<Parameters<typeof tarHeader>[0]> = {}): Buffer {
+  return Buffer.concat([tarHeader({ name, size: Buffer.byteLength(data), ...extra }), padBlock(Buffer.from(data))]);
+}
+
+/** What a peer lists (`-tf`, or `-tvf` with `verbose`), whatever its exit status: some warn and go on. */
+function peerList(command: 'tar' | 'bsdtar', tar: Buffer, verbose = false): string[] {
+  const args = verbose ? ['--numeric-owner', ...(command === 'tar' ? ['--full-time'] : []), '-tvf', '-'] : ['-tf', '-'];
+  const result = spawnSync(command, args, { input: tar, encoding: 'latin1' });
+  return result.stdout.split('\n').filter((line) => line !== '');
+}
+
+function peerFails(command: 'tar' | 'bsdtar', tar: Buffer): boolean {
+  return spawnSync(command, ['-tf', '-'], { input: tar }).status !== 0;
 }
 
 function dataOf(tar: Buffer, entry: LayerEntry): string {
@@ -117,7 +155,7 @@ describe('TarIndexer', () => {
     expect(dataOf(tar, entry!)).toBe('pax data');
   });
 
-  it('reads SCHILY and LIBARCHIVE xattrs, negative fractional mtimes and global PAX headers', async () => {
+  it('reads SCHILY and LIBARCHIVE xattrs and negative fractional mtimes', async () => {
     const perFile = await tarBytes([
       {
         name: 'caps',
@@ -125,29 +163,18 @@ describe('TarIndexer', () => {
         pax: {
           'SCHILY.xattr.security.capability': 'cap-bytes',
           'LIBARCHIVE.xattr.user.with%3Dequals': Buffer.from([0, 1, 0xff]).toString('base64'),
+          'SCHILY.xattr.user.hé': 'utf-8 name',
           mtime: '-1.5',
         },
       },
     ]);
     const [caps] = indexTar(perFile);
-    expect(caps!.xattrs).toEqual({ 'security.capability': Buffer.from('cap-bytes'), 'user.with=equals': Buffer.from([0, 1, 0xff]) });
+    expect(caps!.xattrs).toEqual({
+      'security.capability': Buffer.from('cap-bytes'),
+      'user.with=equals': Buffer.from([0, 1, 0xff]),
+      'user.hé': Buffer.from('utf-8 name'),
+    });
     expect(caps!.mtime).toBe(-2);
-
-    const globalBody = paxBody({ uid: '4242', 'SCHILY.xattr.user.all': 'yes', path: 'ignored-global-path' });
-    const localBody = paxBody({ uid: '7', mtime: '99.0' });
-    const tar = Buffer.concat([
-      tarHeader({ name: 'pax_global_header', typeflag: 'g', size: globalBody.length }),
-      padBlock(globalBody),
-      tarHeader({ name: 'first', typeflag: '0' }),
-      tarHeader({ name: 'PaxHeader/second', typeflag: 'x', size: localBody.length }),
-      padBlock(localBody),
-      tarHeader({ name: 'second', typeflag: '0' }),
-      TAR_END,
-    ]);
-    expect(execFileSync('bsdtar', ['-tf', '-'], { input: tar }).toString()).toBe('first\nsecond\n');
-    const [first, second] = indexTar(tar, 3);
-    expect(first).toMatchObject({ path: 'first', uid: 4242, xattrs: { 'user.all': Buffer.from('yes') } });
-    expect(second).toMatchObject({ path: 'second', uid: 7, mtime: 99, xattrs: { 'user.all': Buffer.from('yes') } });
   });
 
   it('reads v7 plain and contiguous files, v7 directories and archives without an end marker', () => {
@@ -192,23 +219,202 @@ describe('TarIndexer', () => {
     expect(() => indexTar(hardlink)).toThrow(/"..\/outside" .*points outside the root/);
   });
 
-  it('rejects GNU sparse files (old GNU and PAX formats), naming the file', async () => {
-    const source = join(workDir, 'sparse');
-    await mkdir(source, { recursive: true });
-    await writeFile(join(source, 'holes'), '');
-    await truncate(join(source, 'holes'), 1 << 20);
-    await appendFile(join(source, 'holes'), 'end');
-    for (const format of ['gnu', 'posix']) {
-      const tar = execFileSync('tar', ['-C', source, `--format=${format}`, '--sparse', '-cf', '-', 'holes']);
-      expect(() => indexTar(tar)).toThrow(/"holes" is a GNU sparse file/);
-    }
-  });
-
   it('rejects unknown entry types', () => {
     const tar = Buffer.concat([tarHeader({ name: 'weird', typeflag: 'Q' }), TAR_END]);
     expect(() => indexTar(tar)).toThrow(/"weird" at offset 0 has unsupported tar type 'Q'/);
   });
 });
+
+describe('TarIndexer: tar dialects, with GNU tar and bsdtar as oracles', () => {
+  let workDir: string;
+
+  beforeAll(async () => {
+    ensureTools(GNU_TAR, TOOLS.bsdtar);
+    workDir = await mkdtemp(join(tmpdir(), 'rampack-tar-dialects-'));
+  });
+
+  afterAll(async () => {
+    await rm(workDir, { recursive: true, force: true });
+  });
+
+  it('uses the last of several PAX headers before an entry, without merging them', () => {
+    const tar = Buffer.concat([
+      paxEntry([['path', 'first/path'], ['uid', '5'], ['SCHILY.xattr.user.first', 'x']]),
+      paxEntry([['mtime', '1000']]),
+      fileEntry('hdrname', 'abc'),
+      fileEntry('next'),
+    ]);
+    for (const chunkSize of [tar.length, 7, 512]) {
+      const entries = indexTar(tar, chunkSize);
+      expect(entries.map((entry) => entry.path)).toEqual(['hdrname', 'next']);
+      expect(entries[0]).toMatchObject({ uid: 0, mtime: 1000, size: 3 });
+      expect(entries[0]!.xattrs).toBeUndefined();
+    }
+    expect(peerList('tar', tar)).toEqual(['hdrname', 'next']);
+    expect(peerList('bsdtar', tar)).toEqual(['hdrname', 'next']);
+    expect(peerList('tar', tar, true)[0]).toMatch(/ 0\/0 +3 1970-01-01 00:16:40 hdrname$/);
+
+    const twoPaths = Buffer.concat([paxEntry([['path', 'p1'], ['uid', '5']]), paxEntry([['path', 'p2']]), fileEntry('hdrname', 'abc'), TAR_END]);
+    expect(indexTar(twoPaths).map(({ path, uid }) => [path, uid])).toEqual([['p2', 0]]);
+    expect(peerList('tar', twoPaths)).toEqual(['p2']);
+    expect(peerList('bsdtar', twoPaths)).toEqual(['p2']);
+  });
+
+  it('uses the last GNU long name, and a GNU long name or link over PAX path and linkpath, as Go does', () => {
+    const twoLong = Buffer.concat([gnuLongEntry('L-one', 'L'), gnuLongEntry('L-two', 'L'), fileEntry('hdrname', 'abc'), TAR_END]);
+    expect(indexTar(twoLong).map((entry) => entry.path)).toEqual(['L-two']);
+    expect(peerList('tar', twoLong)).toEqual(['L-two']);
+    expect(peerList('bsdtar', twoLong)).toEqual(['L-two']);
+
+    const longThenPax = Buffer.concat([gnuLongEntry('long-name', 'L'), paxEntry([['path', 'pax-path']]), fileEntry('hdrname', 'abc'), TAR_END]);
+    const paxThenLong = Buffer.concat([paxEntry([['path', 'pax-path']]), gnuLongEntry('long-name', 'L'), fileEntry('hdrname', 'abc'), TAR_END]);
+    for (const tar of [longThenPax, paxThenLong]) {
+      const { entries, warnings } = indexWithWarnings(tar);
+      expect(entries.map((entry) => entry.path)).toEqual(['long-name']);
+      expect(warnings).toEqual(["layer test: took a GNU long name over a different PAX one, as Go's archive/tar does: \"long-name\" over \"pax-path\""]);
+      // The peers disagree: GNU tar always takes the PAX path, bsdtar the first of the two.
+      expect(peerList('tar', tar)).toEqual(['pax-path']);
+    }
+    expect(peerList('bsdtar', longThenPax)).toEqual(['long-name']);
+
+    const link = Buffer.concat([
+      gnuLongEntry('K-target', 'K'),
+      paxEntry([['linkpath', 'pax-target']]),
+      tarHeader({ name: 'sl', typeflag: '2', linkname: 'hdr-target' }),
+      TAR_END,
+    ]);
+    expect(indexTar(link)[0]).toMatchObject({ path: 'sl', type: 'symlink', linkname: 'K-target' });
+    expect(peerList('bsdtar', link, true)[0]).toMatch(/sl -> K-target$/);
+  });
+
+  it('ignores global PAX headers, as containerd, Docker and bsdtar do, warning when they would change entries', () => {
+    const tar = Buffer.concat([
+      paxEntry([['comment', 'git archive id'], ['uid', '4242'], ['mtime', '77'], ['SCHILY.xattr.user.all', 'yes']], 'g'),
+      fileEntry('a', 'a'),
+      paxEntry([['uid', '7']]),
+      fileEntry('b', 'b'),
+      TAR_END,
+    ]);
+    const { entries, warnings } = indexWithWarnings(tar, 3);
+    expect(entries.map(({ path, uid, mtime, xattrs }) => ({ path, uid, mtime, xattrs }))).toEqual([
+      { path: 'a', uid: 0, mtime: 1_700_000_000, xattrs: undefined },
+      { path: 'b', uid: 7, mtime: 1_700_000_000, xattrs: undefined },
+    ]);
+    expect(warnings).toEqual(['layer test: ignored a global PAX header (as containerd, Docker and bsdtar do): records "uid", "mtime", "SCHILY.xattr.user.all"']);
+    const bsdtarUids = peerList('bsdtar', tar, true).map((line) => line.split(/ +/)[2]);
+    expect(bsdtarUids).toEqual(['0', '7']);
+
+    const commentOnly = Buffer.concat([paxEntry([['comment', 'c0ffee']], 'g'), fileEntry('a', 'a'), TAR_END]);
+    expect(indexWithWarnings(commentOnly).warnings).toEqual([]);
+  });
+
+  it('lets PAX records override size, uid, gid and mtime (names ignored), as GNU tar lists them', () => {
+    const tar = Buffer.concat([
+      paxEntry([['size', '3'], ['uid', '70000000'], ['gid', '80000000'], ['mtime', '123.5'], ['uname', 'bob'], ['gname', 'staff']]),
+      tarHeader({ name: 'o', size: 0 }),
+      padBlock(Buffer.from('xyz')),
+      fileEntry('after', 'after data'),
+      TAR_END,
+    ]);
+    const [entry, after] = indexTar(tar, 100);
+    expect(entry).toMatchObject({ path: 'o', size: 3, uid: 70_000_000, gid: 80_000_000, mtime: 123 });
+    expect(dataOf(tar, entry!)).toBe('xyz');
+    expect(dataOf(tar, after!)).toBe('after data');
+    expect(peerList('tar', tar, true)[0]).toMatch(/ 70000000\/80000000 3 1970-01-01 00:02:03.5 o$/);
+  });
+
+  it('refuses PAX records with bad lengths or shapes, as GNU tar and bsdtar flag them', () => {
+    const bodies = ['0x1f path=abcdefghijklmnopq\n', '+19 path=abcdefghi\n', '1e1 a=bcdef\n', '0 path=x\n', '99 path=x\n', '12 pathxyz12\n', '12 path=xyzz', '-12 path=xy\n'];
+    for (const text of bodies) {
+      const body = Buffer.from(text);
+      const tar = Buffer.concat([tarHeader({ name: 'PaxHeader/x', typeflag: 'x', size: body.length }), padBlock(body), fileEntry('f'), TAR_END]);
+      expect(() => indexTar(tar), text).toThrow(/layer test: malformed PAX extended header record at byte 0/);
+      expect(peerFails('tar', tar), text).toBe(true);
+      expect(peerFails('bsdtar', tar), text).toBe(true);
+    }
+    const badValue = Buffer.concat([paxEntry([['uid', '12abc']]), fileEntry('f'), TAR_END]);
+    expect(() => indexTar(badValue)).toThrow(/invalid PAX uid value "12abc"/);
+    const hugeValue = Buffer.concat([paxEntry([['size', '99999999999999999999']]), fileEntry('f'), TAR_END]);
+    expect(() => indexTar(hugeValue)).toThrow(InputError);
+  });
+
+  it('drops xattr records that Linux cannot hold (NUL, empty, not UTF-8, too long), with one warning naming the layer and file', () => {
+    const records: [string | Buffer, string | Buffer][] = [
+      ['SCHILY.xattr.user.nul\0x', 'a'],
+      ['SCHILY.xattr.', 'empty name'],
+      [Buffer.concat([Buffer.from('SCHILY.xattr.user.'), Buffer.from([0xff, 0xfe])]), 'latin1 name'],
+      ['LIBARCHIVE.xattr.user.%00hidden', Buffer.from('b').toString('base64')],
+      [`SCHILY.xattr.user.${'n'.repeat(300)}`, 'long name'],
+      ['SCHILY.xattr.user.big', Buffer.alloc(65 * 1024, 1)],
+      ['LIBARCHIVE.xattr.user.not64', 'not base64!'],
+      ['SCHILY.xattr.user.ok', 'fine'],
+    ];
+    const tar = Buffer.concat([paxEntry(records), fileEntry('odd', 'x'), paxEntry([records[0]!]), fileEntry('second', 'y'), TAR_END]);
+    const { entries, warnings } = indexWithWarnings(tar);
+    expect(entries.map((entry) => [entry.path, entry.xattrs])).toEqual([
+      ['odd', { 'user.ok': Buffer.from('fine') }],
+      ['second', undefined],
+    ]);
+    expect(warnings).toEqual([
+      'layer test: dropped extended attributes that Linux cannot hold 8 times (first: "odd" "SCHILY.xattr.user.nul\\u0000x" (NUL byte in the name))',
+    ]);
+  });
+
+  it('refuses a PAX path or linkpath holding a NUL, as Go does', () => {
+    for (const key of ['path', 'linkpath']) {
+      const tar = Buffer.concat([paxEntry([[key, 'evil\0name']]), tarHeader({ name: 'hdr', typeflag: '2', linkname: 't' }), TAR_END]);
+      expect(() => indexTar(tar)).toThrow(new RegExp(`layer test: tar entry "hdr" at offset 1024 has a PAX ${key} with a NUL byte \\("evil\\\\u0000name"\\)`));
+    }
+  });
+
+  it('refuses non-directories whose names end with "/", which GNU tar and bsdtar turn into directories', async () => {
+    for (const typeflag of ['0', '7', '2', '1', '6']) {
+      const tar = Buffer.concat([fileEntry('target', 'abc'), fileEntry('thing/', '', { typeflag, linkname: 'target' }), TAR_END]);
+      expect(() => indexTar(tar), typeflag).toThrow(/tar entry "thing\/" at offset 1024 is a \w+ whose name ends with "\/"/);
+    }
+    const withData = Buffer.concat([fileEntry('reg/', 'abc'), TAR_END]);
+    const into = join(workDir, 'slash');
+    await mkdir(into, { recursive: true });
+    // GNU tar makes a directory of it, then reads its data as the next header.
+    expect(spawnSync('tar', ['-xf', '-', '-C', into], { input: withData }).stderr.toString()).toMatch(/Skipping to next header/);
+    const v7Directory = Buffer.concat([fileEntry('dir/', '', { typeflag: '\0' }), TAR_END]);
+    expect(indexTar(v7Directory)[0]).toMatchObject({ path: 'dir', type: 'dir' });
+  });
+
+  it('reads base-256 ids and sizes, refuses negative ones, and accepts signed header checksums', () => {
+    const header = tarHeader({ name: 'big', uid: 3_000_000_000, gid: 7, size: 0 });
+    const tar = Buffer.concat([withBase256(header, 124, 12, 5), padBlock(Buffer.from('12345')), TAR_END]);
+    const [entry] = indexTar(tar);
+    expect(entry).toMatchObject({ path: 'big', uid: 3_000_000_000, gid: 7, size: 5 });
+    expect(dataOf(tar, entry!)).toBe('12345');
+    expect(peerList('tar', tar, true)[0]).toMatch(/ 3000000000\/7 +5 /);
+
+    const negative = Buffer.from(tarHeader({ name: 'neg' }));
+    negative.fill(0xff, 108, 116); // base-256 -1
+    expect(() => indexTar(Buffer.concat([rechecksum(negative, 'unsigned'), TAR_END]))).toThrow(/layer test: invalid uid field in the tar header at offset 0/);
+
+    const highBytes = Buffer.from(tarHeader({ name: Buffer.from('caf\xe9-\xff', 'latin1'), size: 0 }));
+    const signed = Buffer.concat([rechecksum(highBytes, 'signed'), TAR_END]);
+    expect(indexTar(signed)[0]!.path).toBe('caf\xe9-\xff');
+    expect(peerFails('tar', signed)).toBe(false);
+  });
+});
+
+/** `header` with field [offset, offset + length) holding `value` in GNU base-256, checksum redone. */
+function withBase256(header: Buffer, offset: number, length: number, value: number): Buffer {
+  const copy = Buffer.from(header);
+  copy.fill(0, offset, offset + length);
+  copy[offset] = 0x80;
+  copy.writeUIntBE(value, offset + length - 6, 6);
+  return rechecksum(copy, 'unsigned');
+}
+
+function rechecksum(header: Buffer, kind: 'signed' | 'unsigned'): Buffer {
+  header.fill(0x20, 148, 156);
+  const sum = header.reduce((total, byte) => total + (kind === 'signed' && byte > 127 ? byte - 256 : byte), 0);
+  header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+  return header;
+}
 
 describe('normalizeLayerPath', () => {
   it('strips leading slashes and dots, collapses separators and resolves ".." lexically', () => {
