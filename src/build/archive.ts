@@ -19,13 +19,13 @@ import { basename, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { compressorIdentity, createCompressor, fileExtension, type Compression } from '../compress/index.ts';
-import { newcArchive } from '../cpio/writer.ts';
+import { newcArchive, planNewcArchive } from '../cpio/writer.ts';
 import { RampackError } from '../errors.ts';
-import { dataSize, type TreeEntry } from '../tree/entry.ts';
+import { dataSize, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
 import { DigestingStream, digestHex } from '../util/digest.ts';
-import { TOOL_VERSION } from '../version.ts';
-import type { ShardWorkers } from './shard-workers.ts';
+import { sourceIdentity } from '../util/source-identity.ts';
+import { shardWorkerUrl, type ShardWorkers } from './shard-workers.ts';
 
 export interface ArchiveSettings {
   compression: Compression;
@@ -66,44 +66,37 @@ export interface ImageArchive {
 
 /** Uncompressed bytes per shard: large enough that restarting the codec costs nothing measurable. */
 export const SHARD_BYTES = 16 * 1024 * 1024;
-/** Bumped whenever the archive layout changes, so old cache entries are not reused. */
-const LAYOUT_VERSION = 4;
-
-/** Data identity of an entry: a byte range of a content-addressed layer tar, or the hash of its bytes. */
-function dataIdentity(entry: TreeEntry): string {
-  const { data } = entry;
-  if (data === undefined) return '';
-  if (Buffer.isBuffer(data)) return createHash('sha256').update(data).digest('hex');
-  return `${basename(data.file)}:${data.offset}:${data.size}`;
-}
-
-/** Group identity of an entry inside its shard: the index of its first hard link there, or -1. */
-function linkGroupRefs(entries: readonly TreeEntry[]): number[] {
-  const first = new Map<number, number>();
-  return entries.map((entry, index) => {
-    if (entry.inode === undefined) return -1;
-    if (!first.has(entry.inode)) first.set(entry.inode, index);
-    return first.get(entry.inode)!;
-  });
+/** A file range's identity: layer tars are named by their content's digest, so name, offset and size name the bytes. */
+function rangeIdentity(range: FileRange): string {
+  return `${basename(range.file)}:${range.offset}:${range.size}`;
 }
 
 /**
- * A key per shard over everything that goes into it and into the shards
- * before it, and how they are written (down to which implementation of the
- * codec): equal keys mean equal bytes (inode numbers are assigned per shard,
- * so only the shape of hard-link groups counts). The last key names the
- * whole image part.
+ * What writes a shard's compressed bytes besides its archive: the codec and
+ * level, the implementation behind them, and the code of the shard writer
+ * (archive-worker.ts and all it imports: the newc writer, the compression
+ * stage and its parameters).
+ */
+function writerIdentity({ compression, level }: ArchiveSettings): string {
+  return JSON.stringify([compression, level ?? null, compressorIdentity(compression), sourceIdentity(shardWorkerUrl())]);
+}
+
+/**
+ * A key per shard, derived from what the writer will emit: the exact newc
+ * headers it plans and the identity of each entry's data (planNewcArchive's
+ * identify), chained over the shards before it, and how the archive is
+ * compressed (writerIdentity). Equal keys mean equal bytes; no field list or
+ * format number has to be kept in step with the writer. The last key names
+ * the whole image part. Throws, as the writer would, for a tree newc cannot
+ * hold.
  */
 export function shardKeys(shards: readonly (readonly TreeEntry[])[], settings: ArchiveSettings): string[] {
-  const { compression, level, clampMtime } = settings;
-  let previous = JSON.stringify([LAYOUT_VERSION, TOOL_VERSION, compression, compressorIdentity(compression), level ?? null, clampMtime ?? null]);
+  let previous = writerIdentity(settings);
+  const present = new Set<string>();
   return shards.map((entries) => {
     const hash = createHash('sha256').update(previous);
-    const groups = linkGroupRefs(entries);
-    entries.forEach((e, index) => {
-      hash.update(JSON.stringify([e.path, e.type, e.mode, e.uid, e.gid, e.mtime, e.linkTarget ?? null, e.devMajor ?? null, e.devMinor ?? null, groups[index], dataIdentity(e)]));
-      hash.update('\n');
-    });
+    planNewcArchive(entries, { clampMtime: settings.clampMtime, presentDirectories: present }).identify(hash, rangeIdentity);
+    for (const directory of directoriesOf(entries)) present.add(directory);
     previous = hash.digest('hex');
     return previous;
   });

@@ -6,9 +6,9 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { extname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { siblingModuleUrl } from '../util/source-identity.ts';
 import type { ShardJob, ShardResult } from './archive.ts';
 
 interface QueuedJob {
@@ -17,9 +17,9 @@ interface QueuedJob {
   reject: (error: unknown) => void;
 }
 
-function workerUrl(): URL {
-  // Sources run as .ts (tests, scripts), the published package as .js.
-  return new URL(`./archive-worker${extname(fileURLToPath(import.meta.url))}`, import.meta.url);
+/** The worker module; its code identity is part of every shard key (archive.ts). */
+export function shardWorkerUrl(): URL {
+  return siblingModuleUrl(import.meta.url, 'archive-worker');
 }
 
 export class ShardWorkers {
@@ -79,7 +79,7 @@ export class ShardWorkers {
 
   #startWorker(): Worker | undefined {
     if (this.#workers.size >= this.#size) return undefined;
-    const worker = new Worker(workerUrl(), { resourceLimits: { maxYoungGenerationSizeMb: 4 } });
+    const worker = new Worker(shardWorkerUrl(), { resourceLimits: { maxYoungGenerationSizeMb: 4 } });
     this.#workers.add(worker);
     return worker;
   }

@@ -4,6 +4,7 @@
  * after TRAILER!!! as gen_init_cpio does. Every check runs before the first
  * byte is produced, so a bad tree fails without a half-written archive.
  */
+import type { Hash } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { InputError } from '../errors.ts';
@@ -86,7 +87,22 @@ export interface NewcPlan {
    * so no memory is allocated per chunk.
    */
   chunks(scratch: Buffer): Iterable<Buffer>;
+  /**
+   * Feeds `hash` what the archive is made of: every header exactly as it will
+   * be written (name, inode numbers, modes, sizes: all the writer decided),
+   * then each entry's data, as bytes when in memory and as `rangeIdentity`
+   * says for a range of a file. Two plans that feed the same are the same
+   * archive, as long as equal range identities name equal bytes.
+   */
+  identify(hash: Hash, rangeIdentity: (range: FileRange) => string): void;
 }
+
+/**
+ * Tags before each entry's data in identify(), so in-memory bytes never read as a range identity; a NUL
+ * ends a range identity (in-memory data needs none: the header gives its length).
+ */
+const DATA_IN_MEMORY = Buffer.from([0]);
+const DATA_IN_FILE = Buffer.from([1]);
 
 export function planNewcArchive(entries: Iterable<TreeEntry>, options: NewcOptions = {}): NewcPlan {
   const records = planArchive([...entries], options);
@@ -104,6 +120,13 @@ export function planNewcArchive(entries: Iterable<TreeEntry>, options: NewcOptio
       for (const piece of chunks(target.subarray(0, size))) void piece;
     },
     chunks,
+    identify(hash, rangeIdentity) {
+      for (const { name, header, data } of records) {
+        hash.update(encodeHeader(header, name));
+        if (Buffer.isBuffer(data)) hash.update(DATA_IN_MEMORY).update(data);
+        else if (data !== undefined) hash.update(DATA_IN_FILE).update(rangeIdentity(data)).update(DATA_IN_MEMORY);
+      }
+    },
   };
 }
 

@@ -17,6 +17,7 @@ import type { Descriptor } from '../image/types.ts';
 import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
 import { mapConcurrent } from '../util/concurrency.ts';
 import { digestHex, DigestingStream } from '../util/digest.ts';
+import { siblingModuleUrl, sourceIdentity } from '../util/source-identity.ts';
 import { SparseFileWriter } from './sparse-file.ts';
 import { type LayerEntry, TarIndexer, tarIndexStream } from './tar-index.ts';
 
@@ -56,11 +57,17 @@ export interface LayerProgress {
   readableBytes: number;
 }
 
-/** Bumped whenever the index layout changes, so old cache files are redone. */
-const INDEX_FORMAT = 1;
+/**
+ * The code that makes an index: the tar indexer and all it imports
+ * (util/source-identity.ts). A stored index made by other code is redone, so
+ * a change to how tars are read can never be served from an older index.
+ */
+function indexerIdentity(): string {
+  return sourceIdentity(siblingModuleUrl(import.meta.url, 'tar-index'));
+}
 
 interface StoredIndex {
-  format: number;
+  indexer: string;
   diffId: string;
   tarSize: number;
   entries: (Omit<LayerEntry, 'xattrs'> & { xattrs?: Record<string, string> })[];
@@ -90,7 +97,7 @@ async function readCachedIndex(tarPath: string, indexPath: string, diffId: strin
   } catch {
     return undefined; // not cached yet, or damaged: unpack again
   }
-  if (stored.format !== INDEX_FORMAT || stored.diffId !== diffId || stored.tarSize !== tarSize) return undefined;
+  if (stored.indexer !== indexerIdentity() || stored.diffId !== diffId || stored.tarSize !== tarSize) return undefined;
   return stored.entries.map(({ xattrs, ...entry }) =>
     xattrs === undefined ? entry : { ...entry, xattrs: mapValues(xattrs, (value) => Buffer.from(value, 'base64')) },
   );
@@ -98,7 +105,7 @@ async function readCachedIndex(tarPath: string, indexPath: string, diffId: strin
 
 function storedIndex(diffId: string, tarSize: number, entries: readonly LayerEntry[]): StoredIndex {
   return {
-    format: INDEX_FORMAT,
+    indexer: indexerIdentity(),
     diffId,
     tarSize,
     entries: entries.map(({ xattrs, ...entry }) =>
