@@ -4,10 +4,11 @@
  * shared by one build's speculative and final jobs. Jobs run in the order
  * they were queued; queued jobs that are no longer wanted can be withdrawn.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import type { Cache } from '../cache/cache.ts';
 import { siblingModuleUrl } from '../util/source-identity.ts';
 import type { ShardJob, ShardResult } from './archive.ts';
 
@@ -23,7 +24,7 @@ export function shardWorkerUrl(): URL {
 }
 
 export class ShardWorkers {
-  readonly #cacheDir: string;
+  readonly #cache: Cache;
   readonly #size: number;
   readonly #queue: QueuedJob[] = [];
   readonly #idle: Worker[] = [];
@@ -31,15 +32,15 @@ export class ShardWorkers {
   #dir?: Promise<string>;
   #closed = false;
 
-  /** Shard files go to a fresh directory under `cacheDir`, removed by close(). */
-  constructor(cacheDir: string, size = availableParallelism()) {
-    this.#cacheDir = cacheDir;
+  /** Shard files go to a fresh temporary directory in the cache, removed by close(). */
+  constructor(cache: Cache, size = availableParallelism()) {
+    this.#cache = cache;
     this.#size = size;
   }
 
   /** Where a shard with this name is written. */
   async outputPath(name: string): Promise<string> {
-    this.#dir ??= mkdtemp(join(this.#cacheDir, '.shards-'));
+    this.#dir ??= this.#cache.temporaryDirectory('shards');
     return join(await this.#dir, name);
   }
 

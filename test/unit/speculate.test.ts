@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { imageArchive, type ArchiveSettings, type ImageArchive, type ShardJob, type ShardResult } from '../../src/build/archive.ts';
 import { ShardWorkers } from '../../src/build/shard-workers.ts';
 import { ShardSpeculator } from '../../src/build/speculate.ts';
@@ -34,7 +35,7 @@ async function writeLayer(cacheDir: string, name: string, entries: TarEntrySpec[
   const blobPath = join(workDir, `${name}-${Math.random().toString(16).slice(2)}.tar.gz`);
   await writeFile(blobPath, blob);
   const descriptor = { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha256Digest(blob), size: blob.length };
-  return { blob: blobPath, descriptor, diffId: sha256Digest(tar), cacheDir };
+  return { blob: blobPath, descriptor, diffId: sha256Digest(tar), cache: new Cache(cacheDir) };
 }
 
 async function partBytes(part: ImageArchive): Promise<Buffer> {
@@ -48,8 +49,8 @@ async function partBytes(part: ImageArchive): Promise<Buffer> {
  */
 async function buildBothWays(layers: TarEntrySpec[][], order: number[]) {
   const cacheDir = await mkdtemp(join(workDir, 'cache-'));
-  const workers = new ShardWorkers(cacheDir);
-  const plainWorkers = new ShardWorkers(cacheDir);
+  const workers = new ShardWorkers(new Cache(cacheDir));
+  const plainWorkers = new ShardWorkers(new Cache(cacheDir));
   try {
     const speculator = new ShardSpeculator(workers, async (partial) => flattenLayers(partial).entries, settings, layers.length);
     const options = await Promise.all(layers.map((entries, index) => writeLayer(cacheDir, `layer${index}`, entries)));
@@ -60,8 +61,8 @@ async function buildBothWays(layers: TarEntrySpec[][], order: number[]) {
     }
     await speculator.idle();
     const { entries } = flattenLayers(unpacked);
-    const early = await partBytes(await imageArchive(entries, settings, await mkdtemp(join(workDir, 'rootfs-')), workers, () => {}, speculator));
-    const plain = await partBytes(await imageArchive(entries, settings, await mkdtemp(join(workDir, 'rootfs-')), plainWorkers, () => {}));
+    const early = await partBytes(await imageArchive(entries, settings, new Cache(await mkdtemp(join(workDir, 'rootfs-'))), workers, () => {}, speculator));
+    const plain = await partBytes(await imageArchive(entries, settings, new Cache(await mkdtemp(join(workDir, 'rootfs-'))), plainWorkers, () => {}));
     return { early, plain, stats: speculator.stats };
   } finally {
     await Promise.all([workers.close(), plainWorkers.close()]);
@@ -121,8 +122,8 @@ describe('shards written ahead on a prediction that a later entry breaks', () =>
         ...Array.from({ length: 40 }, (_, i): TarEntrySpec => ({ name: `usr/share/late/f${i}`, content: generatedContent(600 + i, 12 * 1024) }))]), late];
       const layers = [BASE, TOOLCHAIN, top];
       const cacheDir = await mkdtemp(join(workDir, 'cache-'));
-      const workers = new RecordingWorkers(cacheDir);
-      const plainWorkers = new ShardWorkers(cacheDir);
+      const workers = new RecordingWorkers(new Cache(cacheDir));
+      const plainWorkers = new ShardWorkers(new Cache(cacheDir));
       try {
         const speculator = new ShardSpeculator(workers, async (partial) => flattenLayers(partial).entries, settings, layers.length);
         const options = await Promise.all(layers.map((entries, index) => writeLayer(cacheDir, `layer${index}`, entries)));
@@ -142,9 +143,9 @@ describe('shards written ahead on a prediction that a later entry breaks', () =>
         // The last entry arrives and breaks the prediction.
         speculator.layerDone(2, unpacked[2]!);
         const final = flattenLayers(unpacked).entries;
-        const part = await imageArchive(final, settings, await mkdtemp(join(workDir, 'rootfs-')), workers, () => {}, speculator);
+        const part = await imageArchive(final, settings, new Cache(await mkdtemp(join(workDir, 'rootfs-'))), workers, () => {}, speculator);
         const early = await partBytes(part);
-        const plain = await partBytes(await imageArchive(final, settings, await mkdtemp(join(workDir, 'rootfs-')), plainWorkers, () => {}));
+        const plain = await partBytes(await imageArchive(final, settings, new Cache(await mkdtemp(join(workDir, 'rootfs-'))), plainWorkers, () => {}));
         expect(early.equals(plain)).toBe(true);
 
         const used = new Set(await Promise.all(part.parts));
