@@ -84,7 +84,7 @@ async function pullAndUnpack(
   options: BuildOptions,
   reporter: BuildReporter,
   speculator: ShardSpeculator,
-): Promise<UnpackedLayer[]> {
+): Promise<{ layers: UnpackedLayer[]; downloaded: Promise<unknown> }> {
   reporter.start('pull');
   const incoming = image.layers.map((descriptor) => store.incomingBlob?.(descriptor));
   const blobPaths = image.layers.map((descriptor, index) => incoming[index]?.path ?? store.blobPath(descriptor));
@@ -104,7 +104,9 @@ async function pullAndUnpack(
   };
   const blobOf = (_descriptor: Descriptor, index: number) => incoming[index] ?? blobPaths[index]!;
   const onProgress = (progress: LayerProgress, index: number) => speculator.layerProgress(index, progress);
-  return unpackImageLayers(image.layers, image.config.rootfs.diff_ids, blobOf, options.cache, onUnpacked, onProgress);
+  const layers = await unpackImageLayers(image.layers, image.config.rootfs.diff_ids, blobOf, options.cache, onUnpacked, onProgress);
+  // An incoming blob's stream ends once its bytes are verified; its file is synced and renamed into the cache after that.
+  return { layers, downloaded: Promise.all(blobPaths) };
 }
 
 /** What the build writes for a target, from the image's layers: the flattened tree with the recipe's options and rampack's files applied. */
@@ -196,7 +198,8 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   try {
     const predict = async (layers: UnpackedLayer[]) => (await compose(layers, silentLogger)).injected.image;
     const speculator = new ShardSpeculator(workers, predict, settings, image.layers.length);
-    composed = await compose(await pullAndUnpack(image, store, pull, options, reporter, speculator), options.log);
+    const pulled = await pullAndUnpack(image, store, pull, options, reporter, speculator);
+    composed = await compose(pulled.layers, options.log);
     reportTree(composed, options.log, reporter, label);
     reporter.start('compress');
     options.log.debug(`${label}: ${compressor}`);
@@ -204,6 +207,8 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
     base = await imageArchive(composed.injected.image, settings, options.cache, workers, report, speculator);
     if (speculator.stats.written > 0) options.log.debug(`${label}: ${speculator.stats.used} of the ${speculator.stats.written} shards written ahead were used`);
     written = await writeInitramfs(join(options.outDir, file), base, composed.injected.added, settings, options.cache);
+    // The build's cache lease (cache/lease.ts) must outlast its writes to the cache.
+    await pulled.downloaded;
   } finally {
     await workers.close();
   }
