@@ -10,7 +10,7 @@
 import { readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Cache } from './cache.ts';
-import { removeStaleTemporaries, temporaryOwner } from './lease.ts';
+import { removeStaleTemporaries } from './lease.ts';
 import { isImagePartRecord } from './records.ts';
 
 export const ENTRY_KINDS = ['blob', 'layer', 'image-part', 'shard', 'output', 'kernel'] as const;
@@ -34,12 +34,12 @@ interface FileInfo {
   mtimeMs: number;
 }
 
-/** The files of a folder (recursively for kernels), temporaries left out. */
+/** The files of a folder (recursively for kernels); hidden names, which are work in progress (temporaries), left out. */
 async function filesIn(folder: string, recursive = false): Promise<FileInfo[]> {
   const names = await readdir(folder, { recursive }).catch(() => [] as string[]);
   const infos = await Promise.all(
     names
-      .filter((name) => temporaryOwner(name.split('/').pop()!) === undefined)
+      .filter((name) => !name.split('/').some((part) => part.startsWith('.')))
       .map(async (name) => {
         const path = join(folder, name);
         const info = await stat(path).catch(() => undefined);
