@@ -1,30 +1,22 @@
 #!/usr/bin/env node
 // Launcher: starts rampack under the Node and heap settings it needs.
 // - Node >= 22.15 (zstd in node:zlib): on an older Node, re-run under the Node
-//   that the project pins as a dev dependency, if present.
+//   of npm's `node` package (an optional dependency), else say what to install
+//   (node-runtime.js).
 // - HEAP_FLAGS, which V8 takes only at startup (not in NODE_OPTIONS): a build
 //   streams gigabytes of Buffers through a heap of 10-30 MB, and V8 sizes the
 //   old generation's limit from that small live size, so with its default
 //   16 MB young generation it starts a full marking cycle every ~80 ms (about
 //   60 in a 5 s build, a sixth of all CPU). A 128 MB floor on the old
 //   generation and a 2 MB young generation cut that to ~15 (docs/performance.md).
-import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import module from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { rerunUnderRecentNode } from './node-runtime.js';
 
 const HEAP_FLAGS = ['--initial-old-space-size=128', '--max-semi-space-size=2'];
 const script = fileURLToPath(import.meta.url);
-const [major, minor] = process.versions.node.split('.').map(Number);
-if (major < 22 || (major === 22 && minor < 15)) {
-  const pinned = fileURLToPath(new URL('../node_modules/node/bin/node', import.meta.url));
-  if (!existsSync(pinned)) {
-    process.stderr.write(`rampack: error: Node ${process.versions.node} is too old; rampack needs Node >= 22.15\n`);
-    process.exit(1);
-  }
-  const result = spawnSync(pinned, [...HEAP_FLAGS, script, ...process.argv.slice(2)], { stdio: 'inherit' });
-  process.exit(result.status ?? 1);
-}
+rerunUnderRecentNode(script, process.argv.slice(2), HEAP_FLAGS);
 if (typeof process.execve === 'function' && !HEAP_FLAGS.every((flag) => process.execArgv.includes(flag))) {
   try {
     // Replaces this process (same pid, signals and exit status go straight to the new one).

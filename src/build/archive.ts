@@ -14,18 +14,20 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, readFile, rename, stat } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { mkdir, rename, stat } from 'node:fs/promises';
+import { basename } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import type { Cache } from '../cache/cache.ts';
+import { isImagePartRecord, isOutputRecord, type ImagePartRecord, type OutputRecord, type WrittenFile } from '../cache/records.ts';
 import { compressorIdentity, createCompressor, fileExtension, type Compression } from '../compress/index.ts';
-import { newcArchive } from '../cpio/writer.ts';
+import { newcArchive, planNewcArchive } from '../cpio/writer.ts';
 import { RampackError } from '../errors.ts';
-import { dataSize, type TreeEntry } from '../tree/entry.ts';
-import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
+import { dataSize, type FileRange, type TreeEntry } from '../tree/entry.ts';
+import { writeAtomically } from '../util/atomic.ts';
 import { DigestingStream, digestHex } from '../util/digest.ts';
-import { TOOL_VERSION } from '../version.ts';
-import type { ShardWorkers } from './shard-workers.ts';
+import { sourceIdentity } from '../util/source-identity.ts';
+import { shardWorkerUrl, type ShardWorkers } from './shard-workers.ts';
 
 export interface ArchiveSettings {
   compression: Compression;
@@ -66,44 +68,37 @@ export interface ImageArchive {
 
 /** Uncompressed bytes per shard: large enough that restarting the codec costs nothing measurable. */
 export const SHARD_BYTES = 16 * 1024 * 1024;
-/** Bumped whenever the archive layout changes, so old cache entries are not reused. */
-const LAYOUT_VERSION = 4;
-
-/** Data identity of an entry: a byte range of a content-addressed layer tar, or the hash of its bytes. */
-function dataIdentity(entry: TreeEntry): string {
-  const { data } = entry;
-  if (data === undefined) return '';
-  if (Buffer.isBuffer(data)) return createHash('sha256').update(data).digest('hex');
-  return `${basename(data.file)}:${data.offset}:${data.size}`;
-}
-
-/** Group identity of an entry inside its shard: the index of its first hard link there, or -1. */
-function linkGroupRefs(entries: readonly TreeEntry[]): number[] {
-  const first = new Map<number, number>();
-  return entries.map((entry, index) => {
-    if (entry.inode === undefined) return -1;
-    if (!first.has(entry.inode)) first.set(entry.inode, index);
-    return first.get(entry.inode)!;
-  });
+/** A file range's identity: layer tars are named by their content's digest, so name, offset and size name the bytes. */
+function rangeIdentity(range: FileRange): string {
+  return `${basename(range.file)}:${range.offset}:${range.size}`;
 }
 
 /**
- * A key per shard over everything that goes into it and into the shards
- * before it, and how they are written (down to which implementation of the
- * codec): equal keys mean equal bytes (inode numbers are assigned per shard,
- * so only the shape of hard-link groups counts). The last key names the
- * whole image part.
+ * What writes a shard's compressed bytes besides its archive: the codec and
+ * level, the implementation behind them, and the code of the shard writer
+ * (archive-worker.ts and all it imports: the newc writer, the compression
+ * stage and its parameters).
+ */
+function writerIdentity({ compression, level }: ArchiveSettings): string {
+  return JSON.stringify([compression, level ?? null, compressorIdentity(compression), sourceIdentity(shardWorkerUrl())]);
+}
+
+/**
+ * A key per shard, derived from what the writer will emit: the exact newc
+ * headers it plans and the identity of each entry's data (planNewcArchive's
+ * identify), chained over the shards before it, and how the archive is
+ * compressed (writerIdentity). Equal keys mean equal bytes; no field list or
+ * format number has to be kept in step with the writer. The last key names
+ * the whole image part. Throws, as the writer would, for a tree newc cannot
+ * hold.
  */
 export function shardKeys(shards: readonly (readonly TreeEntry[])[], settings: ArchiveSettings): string[] {
-  const { compression, level, clampMtime } = settings;
-  let previous = JSON.stringify([LAYOUT_VERSION, TOOL_VERSION, compression, compressorIdentity(compression), level ?? null, clampMtime ?? null]);
+  let previous = writerIdentity(settings);
+  const present = new Set<string>();
   return shards.map((entries) => {
     const hash = createHash('sha256').update(previous);
-    const groups = linkGroupRefs(entries);
-    entries.forEach((e, index) => {
-      hash.update(JSON.stringify([e.path, e.type, e.mode, e.uid, e.gid, e.mtime, e.linkTarget ?? null, e.devMajor ?? null, e.devMinor ?? null, groups[index], dataIdentity(e)]));
-      hash.update('\n');
-    });
+    planNewcArchive(entries, { clampMtime: settings.clampMtime, presentDirectories: present }).identify(hash, rangeIdentity);
+    for (const directory of directoriesOf(entries)) present.add(directory);
     previous = hash.digest('hex');
     return previous;
   });
@@ -190,7 +185,7 @@ async function writtenShardSize(job: ShardJob, workers: ShardWorkers, early?: Ea
 export async function imageArchive(
   entries: readonly TreeEntry[],
   settings: ArchiveSettings,
-  cacheDir: string,
+  cache: Cache,
   workers: ShardWorkers,
   onProgress: (uncompressedBytes: number) => void,
   early?: EarlyShards,
@@ -199,11 +194,11 @@ export async function imageArchive(
   const keys = shardKeys(shards, settings);
   const key = keys.at(-1)!;
   const directories = new Set(directoriesOf(entries));
-  const cached = await cachedImagePart(cacheDir, key);
+  const cached = await cachedImagePart(cache, key);
   if (cached) {
     early?.finish(new Set());
     onProgress(cached.uncompressedBytes);
-    const parts = cached.shards.map((shard) => Promise.resolve(join(cacheDir, 'shards', shard.file)));
+    const parts = cached.shards.map((shard) => Promise.resolve(cache.shardPath(shard.file)));
     return { key, parts, uncompressedBytes: Promise.resolve(cached.uncompressedBytes), directories, fromCache: true };
   }
   early?.finish(new Set(keys));
@@ -222,69 +217,45 @@ export async function imageArchive(
   return { key, parts, uncompressedBytes, directories, fromCache: false };
 }
 
-/** `<cache>/rootfs/<key>.json`: the shard files of a cached image part, in order. */
-interface CachedImagePart {
-  uncompressedBytes: number;
-  shards: { file: string; size: number }[];
-}
-
-function imagePartRecordPath(cacheDir: string, key: string): string {
-  return join(cacheDir, 'rootfs', `${key}.json`);
-}
-
-/** The cached part, if its record and every shard file (with its size) are there. */
-async function cachedImagePart(cacheDir: string, key: string): Promise<CachedImagePart | undefined> {
-  const record = await readFile(imagePartRecordPath(cacheDir, key), 'utf8').then((text) => JSON.parse(text) as CachedImagePart, () => undefined);
+/** The cached part, if its record and every shard file (with its size) are there; marked as used. */
+async function cachedImagePart(cache: Cache, key: string): Promise<ImagePartRecord | undefined> {
+  const recordPath = cache.imagePartRecordPath(key);
+  const record = await cache.readRecord(recordPath, isImagePartRecord, 'image part record');
   if (record === undefined) return undefined;
-  const sizes = await Promise.all(record.shards.map((shard) => stat(join(cacheDir, 'shards', shard.file)).then((info) => info.size, () => -1)));
-  return sizes.every((size, index) => size === record.shards[index]!.size) ? record : undefined;
+  const files = record.shards.map((shard) => cache.shardPath(shard.file));
+  const sizes = await Promise.all(files.map((file) => stat(file).then((info) => info.size, () => -1)));
+  if (!sizes.every((size, index) => size === record.shards[index]!.size)) return undefined;
+  await cache.touch(recordPath, ...files);
+  return record;
 }
 
 /** Moves the written shards into the cache (a rename each) and records the part. */
-async function cacheImagePart(base: ImageArchive, cacheDir: string): Promise<void> {
-  const shardDir = join(cacheDir, 'shards');
-  await mkdir(shardDir, { recursive: true });
+async function cacheImagePart(base: ImageArchive, cache: Cache): Promise<void> {
+  await mkdir(cache.folder('shards'), { recursive: true });
   const shards = await Promise.all(
     base.parts.map(async (part) => {
       const path = await part;
       const file = basename(path);
       const { size } = await stat(path);
-      await rename(path, join(shardDir, file));
+      await rename(path, cache.shardPath(file));
       return { file, size };
     }),
   );
-  const record: CachedImagePart = { uncompressedBytes: await base.uncompressedBytes, shards };
-  await writeFileAtomically(imagePartRecordPath(cacheDir, base.key), JSON.stringify(record));
+  const record: ImagePartRecord = { uncompressedBytes: await base.uncompressedBytes, shards };
+  await cache.writeRecord(cache.imagePartRecordPath(base.key), record);
 }
 
-export interface WrittenInitramfs {
-  sha256: string;
-  size: number;
-  uncompressedBytes: number;
+export interface WrittenInitramfs extends WrittenFile {
   /** The file already held exactly these bytes and was left alone. */
   unchanged: boolean;
 }
 
-/** What was last written to an output path, to recognise a rebuild that changes nothing. */
-interface OutputRecord {
-  baseKey: string;
-  addedSha256: string;
-  /** The file as written: a later edit or replacement changes one of these. */
-  size: number;
-  mtimeMs: number;
-  ino: number;
-  result: Omit<WrittenInitramfs, 'unchanged'>;
-}
-
-function outputRecordPath(cacheDir: string, output: string): string {
-  return join(cacheDir, 'outputs', `${createHash('sha256').update(output).digest('hex')}.json`);
-}
-
-async function unchangedOutput(recordPath: string, output: string, baseKey: string, addedSha256: string): Promise<OutputRecord['result'] | undefined> {
-  const record = await readFile(recordPath, 'utf8').then((text) => JSON.parse(text) as OutputRecord, () => undefined);
+async function unchangedOutput(cache: Cache, recordPath: string, output: string, baseKey: string, addedSha256: string): Promise<WrittenFile | undefined> {
+  const record = await cache.readRecord(recordPath, isOutputRecord, 'output record');
   const current = await stat(output).catch(() => undefined);
   if (!record || !current || record.baseKey !== baseKey || record.addedSha256 !== addedSha256) return undefined;
   const same = record.size === current.size && record.mtimeMs === current.mtimeMs && record.ino === current.ino;
+  if (same) await cache.touch(recordPath);
   return same ? record.result : undefined;
 }
 
@@ -298,13 +269,13 @@ export async function writeInitramfs(
   base: ImageArchive,
   added: readonly TreeEntry[],
   settings: ArchiveSettings,
-  cacheDir: string,
+  cache: Cache,
 ): Promise<WrittenInitramfs> {
   const overlay = newcArchive(added, { clampMtime: settings.clampMtime, presentDirectories: base.directories });
   const addedArchive = Buffer.concat(await overlay.pipe(createCompressor(settings.compression, settings.level)).toArray());
   const addedSha256 = createHash('sha256').update(addedArchive).digest('hex');
-  const recordPath = outputRecordPath(cacheDir, path);
-  const previous = await unchangedOutput(recordPath, path, base.key, addedSha256);
+  const recordPath = cache.outputRecordPath(path);
+  const previous = await unchangedOutput(cache, recordPath, path, base.key, addedSha256);
   if (previous) return { ...previous, unchanged: true };
   const measure = new DigestingStream();
   async function* chunks() {
@@ -313,10 +284,10 @@ export async function writeInitramfs(
     yield addedArchive;
   }
   await writeAtomically(path, (temporary) => pipeline(Readable.from(chunks()), measure, createWriteStream(temporary)));
-  if (!base.fromCache) await cacheImagePart(base, cacheDir);
+  if (!base.fromCache) await cacheImagePart(base, cache);
   const result = { sha256: digestHex(measure.digest()), size: measure.size, uncompressedBytes: (await base.uncompressedBytes) + overlay.stats.bytes };
   const written = await stat(path);
   const record: OutputRecord = { baseKey: base.key, addedSha256, size: written.size, mtimeMs: written.mtimeMs, ino: written.ino, result };
-  await writeFileAtomically(recordPath, JSON.stringify(record));
+  await cache.writeRecord(recordPath, record);
   return { ...result, unchanged: false };
 }

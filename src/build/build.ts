@@ -30,7 +30,6 @@ import { openContentStore, type SourceOptions } from './source.ts';
 
 export interface BuildOptions extends SourceOptions {
   outDir: string;
-  cacheDir: string;
   log: Logger;
   /** Receives stage events (resolve, pull, flatten, compress) for progress display. */
   reporter?: BuildReporter;
@@ -85,7 +84,7 @@ async function pullAndUnpack(
   options: BuildOptions,
   reporter: BuildReporter,
   speculator: ShardSpeculator,
-): Promise<UnpackedLayer[]> {
+): Promise<{ layers: UnpackedLayer[]; downloaded: Promise<unknown> }> {
   reporter.start('pull');
   const incoming = image.layers.map((descriptor) => store.incomingBlob?.(descriptor));
   const blobPaths = image.layers.map((descriptor, index) => incoming[index]?.path ?? store.blobPath(descriptor));
@@ -105,7 +104,9 @@ async function pullAndUnpack(
   };
   const blobOf = (_descriptor: Descriptor, index: number) => incoming[index] ?? blobPaths[index]!;
   const onProgress = (progress: LayerProgress, index: number) => speculator.layerProgress(index, progress);
-  return unpackImageLayers(image.layers, image.config.rootfs.diff_ids, blobOf, options.cacheDir, onUnpacked, onProgress);
+  const layers = await unpackImageLayers(image.layers, image.config.rootfs.diff_ids, blobOf, options.cache, onUnpacked, onProgress);
+  // An incoming blob's stream ends once its bytes are verified; its file is synced and renamed into the cache after that.
+  return { layers, downloaded: Promise.all(blobPaths) };
 }
 
 /** What the build writes for a target, from the image's layers: the flattened tree with the recipe's options and rampack's files applied. */
@@ -190,21 +191,24 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   const mtime = addedFilesMtime(image, options.sourceDateEpoch);
   const compose = treeComposer(target, image, agent, agentSha256, mtime, label);
   const settings = { compression: target.compression, level: target.level, clampMtime: options.sourceDateEpoch, shardBytes: options.shardBytes };
-  const workers = new ShardWorkers(options.cacheDir);
+  const workers = new ShardWorkers(options.cache);
   let composed: ComposedTree;
   let base: ImageArchive;
   let written: WrittenInitramfs;
   try {
     const predict = async (layers: UnpackedLayer[]) => (await compose(layers, silentLogger)).injected.image;
     const speculator = new ShardSpeculator(workers, predict, settings, image.layers.length);
-    composed = await compose(await pullAndUnpack(image, store, pull, options, reporter, speculator), options.log);
+    const pulled = await pullAndUnpack(image, store, pull, options, reporter, speculator);
+    composed = await compose(pulled.layers, options.log);
     reportTree(composed, options.log, reporter, label);
     reporter.start('compress');
     options.log.debug(`${label}: ${compressor}`);
     const report = (bytes: number) => reporter.progress('compress', { done: bytes, unit: 'bytes' });
-    base = await imageArchive(composed.injected.image, settings, options.cacheDir, workers, report, speculator);
+    base = await imageArchive(composed.injected.image, settings, options.cache, workers, report, speculator);
     if (speculator.stats.written > 0) options.log.debug(`${label}: ${speculator.stats.used} of the ${speculator.stats.written} shards written ahead were used`);
-    written = await writeInitramfs(join(options.outDir, file), base, composed.injected.added, settings, options.cacheDir);
+    written = await writeInitramfs(join(options.outDir, file), base, composed.injected.added, settings, options.cache);
+    // The build's cache lease (cache/lease.ts) must outlast its writes to the cache.
+    await pulled.downloaded;
   } finally {
     await workers.close();
   }

@@ -4,11 +4,12 @@
  * shared by one build's speculative and final jobs. Jobs run in the order
  * they were queued; queued jobs that are no longer wanted can be withdrawn.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
-import { extname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
+import type { Cache } from '../cache/cache.ts';
+import { siblingModuleUrl } from '../util/source-identity.ts';
 import type { ShardJob, ShardResult } from './archive.ts';
 
 interface QueuedJob {
@@ -17,13 +18,13 @@ interface QueuedJob {
   reject: (error: unknown) => void;
 }
 
-function workerUrl(): URL {
-  // Sources run as .ts (tests, scripts), the published package as .js.
-  return new URL(`./archive-worker${extname(fileURLToPath(import.meta.url))}`, import.meta.url);
+/** The worker module; its code identity is part of every shard key (archive.ts). */
+export function shardWorkerUrl(): URL {
+  return siblingModuleUrl(import.meta.url, 'archive-worker');
 }
 
 export class ShardWorkers {
-  readonly #cacheDir: string;
+  readonly #cache: Cache;
   readonly #size: number;
   readonly #queue: QueuedJob[] = [];
   readonly #idle: Worker[] = [];
@@ -31,15 +32,15 @@ export class ShardWorkers {
   #dir?: Promise<string>;
   #closed = false;
 
-  /** Shard files go to a fresh directory under `cacheDir`, removed by close(). */
-  constructor(cacheDir: string, size = availableParallelism()) {
-    this.#cacheDir = cacheDir;
+  /** Shard files go to a fresh temporary directory in the cache, removed by close(). */
+  constructor(cache: Cache, size = availableParallelism()) {
+    this.#cache = cache;
     this.#size = size;
   }
 
   /** Where a shard with this name is written. */
   async outputPath(name: string): Promise<string> {
-    this.#dir ??= mkdtemp(join(this.#cacheDir, '.shards-'));
+    this.#dir ??= this.#cache.temporaryDirectory('shards');
     return join(await this.#dir, name);
   }
 
@@ -79,7 +80,7 @@ export class ShardWorkers {
 
   #startWorker(): Worker | undefined {
     if (this.#workers.size >= this.#size) return undefined;
-    const worker = new Worker(workerUrl(), { resourceLimits: { maxYoungGenerationSizeMb: 4 } });
+    const worker = new Worker(shardWorkerUrl(), { resourceLimits: { maxYoungGenerationSizeMb: 4 } });
     this.#workers.add(worker);
     return worker;
   }

@@ -10,8 +10,7 @@ import type { ContentStore } from '../image/source.ts';
 import { openMirroredStore, type RegistryMirrors } from '../registry/mirrors.ts';
 import { openRegistryStore, type RegistryOptions } from '../registry/store.ts';
 
-export type SourceOptions = Omit<RegistryOptions, 'cacheDir'> & {
-  cacheDir: string;
+export type SourceOptions = RegistryOptions & {
   /** Mirrors to try before a registry, by registry name. */
   mirrors?: RegistryMirrors;
 };
@@ -23,7 +22,7 @@ export function isLocalSource(reference: string): boolean {
 
 export async function openContentStore(reference: string, options: SourceOptions): Promise<ContentStore> {
   if (reference.startsWith(OCI_LAYOUT_PREFIX)) return new OciLayoutStore(parseOciLayoutReference(reference));
-  if (isArchiveReference(reference)) return openArchiveStore(parseArchiveReference(reference), options.cacheDir);
+  if (isArchiveReference(reference)) return openArchiveStore(parseArchiveReference(reference), options.cache);
   const image = parseImageReference(reference);
   const mirrors = options.mirrors?.get(image.registry) ?? [];
   return mirrors.length > 0 ? openMirroredStore(image, mirrors, options) : openRegistryStore(image, options);

@@ -143,17 +143,17 @@ export class ShardSpeculator implements EarlyShards {
   async #predictAndStart(): Promise<void> {
     const snapshot = this.#snapshot(true);
     if (snapshot === undefined) return;
-    let entries: readonly TreeEntry[];
+    let shards: TreeEntry[][];
+    let keys: string[];
     try {
-      entries = await this.#predict(snapshot.layers);
+      const entries = await this.#predict(snapshot.layers);
+      const below = entries.slice(0, sortedIndexOf(entries, snapshot.frontier));
+      shards = shardEntries(below, this.#settings.shardBytes).slice(0, -1); // the last one may still grow
+      keys = shardKeys(shards, this.#settings);
     } catch {
       return; // a partial tree may be inconsistent; the final build reports real problems
     }
-    if (this.#finished) return;
-    const below = entries.slice(0, sortedIndexOf(entries, snapshot.frontier));
-    const shards = shardEntries(below, this.#settings.shardBytes).slice(0, -1); // the last one may still grow
-    if (shards.length === 0) return;
-    const keys = shardKeys(shards, this.#settings);
+    if (this.#finished || shards.length === 0) return;
     const jobs = await shardJobs(shards, keys, this.#settings, this.#workers);
     if (this.#finished) return;
     for (const job of jobs) if (!this.#started.has(job.key)) this.#schedule(job);

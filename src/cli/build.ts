@@ -2,6 +2,8 @@
 import { join, resolve } from 'node:path';
 import { Command, Option } from 'commander';
 import { buildTarget, type BuildOptions } from '../build/build.ts';
+import { Cache } from '../cache/cache.ts';
+import { withCacheLease } from '../cache/lease.ts';
 import { isLocalSource } from '../build/source.ts';
 import { COMPRESSIONS, type Compression } from '../compress/index.ts';
 import { UsageError } from '../errors.ts';
@@ -12,7 +14,6 @@ import { fragmentPath, MANIFEST_FILE, mergeImages, readManifest, writeFragment, 
 import { withPulledAgent } from '../recipe/agent-image.ts';
 import { inputDigest, selectCells } from '../recipe/plan.ts';
 import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from '../recipe/recipe.ts';
-import { defaultCacheDir } from '../registry/cache.ts';
 import { loadConfigMirrors, mergeMirrors, mirrorsFromFlags } from '../registry/mirrors.ts';
 import { createOutput } from './progress.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
@@ -115,7 +116,7 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   }
   const options: BuildOptions = {
     outDir,
-    cacheDir: resolve(flags.cache ?? defaultCacheDir()),
+    cache: new Cache(flags.cache, log),
     log,
     sourceDateEpoch,
     shardBytes: flags.shardSize,
@@ -124,7 +125,8 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   };
   const manifestPath = join(outDir, MANIFEST_FILE);
   const built: ManifestImage[] = [];
-  await output.runJobs(
+  // The lease keeps `cache prune` from removing what the builds use (cache/lease.ts).
+  await withCacheLease(options.cache, () => output.runJobs(
     targets.map((target) => ({
       label: `${target.language} ${target.version} ${target.arch}`,
       run: async (reporter) => {
@@ -138,7 +140,7 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
         built.push(image);
       },
     })),
-  );
+  ));
   if (flags.json) {
     const images = built.map((image) => ({ ...image, path: join(outDir, image.file) }));
     process.stdout.write(`${JSON.stringify({ manifest: manifestPath, images }, null, 2)}\n`);

@@ -1,11 +1,11 @@
 /** `rampack inspect`: what an initramfs file holds, or what an image reference resolves to. */
 import { stat } from 'node:fs/promises';
-import { resolve } from 'node:path';
 import { Command } from 'commander';
+import { Cache } from '../cache/cache.ts';
+import { withCacheLease } from '../cache/lease.ts';
 import { UsageError } from '../errors.ts';
 import { inspectImage, type ImageInspection } from '../inspect/image.ts';
 import { readInitramfs, summarize, type InitramfsSummary } from '../inspect/initramfs.ts';
-import { defaultCacheDir } from '../registry/cache.ts';
 import { formatBytes, lineLogger } from '../util/log.ts';
 import { columns, printJson, printLines } from './format.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
@@ -85,11 +85,9 @@ async function runInspect(target: string, flags: InspectFlags): Promise<void> {
     else printLines(initramfsReport(summary));
     return;
   }
-  const inspection = await inspectImage(target, {
-    cacheDir: resolve(flags.cache ?? defaultCacheDir()),
-    log: lineLogger({ quiet: true }),
-    ...(await registryOptionsFrom(flags)),
-  });
+  const log = lineLogger({ quiet: true });
+  const cache = new Cache(flags.cache, log);
+  const inspection = await withCacheLease(cache, async () => inspectImage(target, { cache, log, ...(await registryOptionsFrom(flags)) }));
   if (flags.json) printJson(inspection);
   else printLines(imageReport(inspection));
 }

@@ -5,6 +5,7 @@ import { ExitCode, RampackError } from '../errors.ts';
 import { closeTransports } from '../registry/transport.ts';
 import { TOOL_VERSION } from '../version.ts';
 import { buildCommand } from './build.ts';
+import { cacheCommand } from './cache.ts';
 import { completionCommand } from './completion.ts';
 import { diffCommand } from './diff.ts';
 import { inspectCommand } from './inspect.ts';
@@ -57,7 +58,8 @@ function commands(): Command {
     .addCommand(strict(planCommand()))
     .addCommand(strict(manifestCommand()))
     .addCommand(strict(publishCommand()))
-    .addCommand(strict(keygenCommand()));
+    .addCommand(strict(keygenCommand()))
+    .addCommand(strict(cacheCommand()));
 }
 
 function report(error: unknown, debug: boolean): number {

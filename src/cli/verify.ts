@@ -16,7 +16,7 @@ import { ARCHES, type Arch } from '../image/source.ts';
 import { readInitramfs } from '../inspect/initramfs.ts';
 import { MANIFEST_FILE, readManifest } from '../manifest/manifest.ts';
 import { loadRecipe } from '../recipe/recipe.ts';
-import { defaultCacheDir } from '../registry/cache.ts';
+import { Cache } from '../cache/cache.ts';
 import { formatDuration, lineLogger, type Logger } from '../util/log.ts';
 import { printJson, printLines } from './format.ts';
 
@@ -154,7 +154,7 @@ function kernelFor(arch: Arch, flags: VerifyFlags, recipeKernels: RecipeSettings
   const recipeKernel = recipeKernels?.[arch];
   const given = byArch[arch] ?? all ?? (recipeKernel === undefined ? undefined : resolve(recipeKernel));
   if (given !== undefined) return Promise.resolve(given);
-  return ensureDebianKernel(arch, join(resolve(flags.cache ?? defaultCacheDir()), 'kernels'));
+  return ensureDebianKernel(arch, new Cache(flags.cache).folder('kernels'));
 }
 
 /** Lines the smoke command printed: between the ready line and its exit line. */

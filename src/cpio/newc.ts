@@ -58,17 +58,25 @@ export function paddingFor(length: number, unit = 4): number {
 
 /** Header, NUL-terminated latin1 name and padding to 4, as one buffer. */
 export function encodeHeader(header: Omit<NewcHeader, 'namesize' | 'check'>, name: string): Buffer {
-  const namesize = name.length + 1;
-  const fields: NewcHeader = { ...header, namesize, check: 0 };
-  const text = NEWC_MAGIC + HEADER_FIELDS.map((field) => hex8(fields[field])).join('');
-  const buffer = Buffer.alloc(HEADER_SIZE + namesize + paddingFor(HEADER_SIZE + namesize));
-  buffer.write(text, 0, 'ascii');
-  buffer.write(name, HEADER_SIZE, 'latin1');
+  const text = headerText(header, name);
+  const buffer = Buffer.alloc(text.length + paddingFor(text.length));
+  buffer.write(text, 0, 'latin1');
   return buffer;
 }
 
+/** encodeHeader's bytes as a byte string (one char per byte), the zero padding left out. */
+export function headerText(header: Omit<NewcHeader, 'namesize' | 'check'>, name: string): string {
+  let text = NEWC_MAGIC;
+  for (const field of HEADER_FIELDS) text += hex8(field === 'namesize' ? name.length + 1 : field === 'check' ? 0 : header[field]);
+  return `${text}${name}\0`;
+}
+
+/** "00".."FF": a header is formatted for every entry of every archive (and every shard key), so per byte, not per digit. */
+const HEX_BYTES = Array.from({ length: 256 }, (_, byte) => byte.toString(16).toUpperCase().padStart(2, '0'));
+
 function hex8(value: number): string {
-  return value.toString(16).toUpperCase().padStart(FIELD_DIGITS, '0');
+  if (value >>> 0 !== value) return value.toString(16).toUpperCase().padStart(FIELD_DIGITS, '0');
+  return HEX_BYTES[value >>> 24]! + HEX_BYTES[(value >>> 16) & 0xff]! + HEX_BYTES[(value >>> 8) & 0xff]! + HEX_BYTES[value & 0xff]!;
 }
 
 /** Parses the 13 hex fields that follow the magic, or names the first field that is not 8 hex digits. */

@@ -4,11 +4,12 @@
  * after TRAILER!!! as gen_init_cpio does. Every check runs before the first
  * byte is produced, so a bad tree fails without a half-written archive.
  */
+import type { Hash } from 'node:crypto';
 import { closeSync, openSync, readSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { InputError } from '../errors.ts';
 import { dataSize, displayPath, parentPath, rangePieces, storedSize, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
-import { encodeHeader, HEADER_SIZE, MAX_NAME_SIZE, MAX_U32, paddingFor, TRAILER_NAME, TYPE_BITS, type NewcHeader } from './newc.ts';
+import { encodeHeader, HEADER_SIZE, headerText, MAX_NAME_SIZE, MAX_U32, paddingFor, TRAILER_NAME, TYPE_BITS, type NewcHeader } from './newc.ts';
 
 export interface NewcOptions {
   /** Upper bound for mtimes (e.g. SOURCE_DATE_EPOCH): later ones are lowered to it. */
@@ -88,7 +89,22 @@ export interface NewcPlan {
    * so no memory is allocated per chunk.
    */
   chunks(scratch: Buffer): Iterable<Buffer>;
+  /**
+   * Feeds `hash` what the archive is made of: every header exactly as it will
+   * be written (name, inode numbers, modes, sizes: all the writer decided),
+   * then each entry's data, as bytes when in memory and as `rangeIdentity`
+   * says for a range of a file. Two plans that feed the same are the same
+   * archive, as long as equal range identities name equal bytes.
+   */
+  identify(hash: Hash, rangeIdentity: (range: FileRange) => string): void;
 }
+
+/**
+ * Tags before each entry's data in identify(), so in-memory bytes never read as a range identity; a NUL
+ * ends a range identity (in-memory data needs none: the header gives its length).
+ */
+const DATA_IN_MEMORY = '\x00';
+const DATA_IN_FILE = '\x01';
 
 export function planNewcArchive(entries: Iterable<TreeEntry>, options: NewcOptions = {}): NewcPlan {
   const records = planArchive([...entries], options);
@@ -106,6 +122,24 @@ export function planNewcArchive(entries: Iterable<TreeEntry>, options: NewcOptio
       for (const piece of chunks(target.subarray(0, size))) void piece;
     },
     chunks,
+    identify(hash, rangeIdentity) {
+      // Headers and range identities are gathered into one string per batch: one hash update per batch, not per piece.
+      let batch = '';
+      for (const { name, header, data } of records) {
+        batch += headerText(header, name);
+        if (Buffer.isBuffer(data)) {
+          hash.update(batch + DATA_IN_MEMORY, 'latin1').update(data);
+          batch = '';
+        } else if (data !== undefined) {
+          batch += `${DATA_IN_FILE}${rangeIdentity(data)}\0`;
+        }
+        if (batch.length >= BATCH_BYTES) {
+          hash.update(batch, 'latin1');
+          batch = '';
+        }
+      }
+      hash.update(batch, 'latin1');
+    },
   };
 }
 
@@ -176,47 +210,46 @@ function ownData(entry: TreeEntry): Buffer | FileRange | undefined {
 const BYTE_STRING = /^[\x01-\xff]+$/;
 
 function checkEntry(entry: TreeEntry, directories: ReadonlySet<string>): void {
-  const path = displayPath(entry.path);
   if (!BYTE_STRING.test(entry.path)) {
-    throw new InputError(`path "${path}" cannot be archived: it is empty or not a latin1 byte string without NUL`);
+    throw new InputError(`path "${displayPath(entry.path)}" cannot be archived: it is empty or not a latin1 byte string without NUL`);
   }
   if (entry.path === TRAILER_NAME) {
-    throw new InputError(`"${path}" cannot be archived: the name is the cpio end-of-archive marker`);
+    throw new InputError(`"${displayPath(entry.path)}" cannot be archived: the name is the cpio end-of-archive marker`);
   }
   // The kernel skips longer names and symlink targets without a word (PATH_MAX).
   if (entry.path.length + 1 > MAX_NAME_SIZE) {
     throw new InputError(
-      `path "${abbreviated(path)}" is ${entry.path.length} bytes long: the kernel unpacks at most ${MAX_NAME_SIZE - 1} (PATH_MAX)`,
+      `path "${abbreviated(displayPath(entry.path))}" is ${entry.path.length} bytes long: the kernel unpacks at most ${MAX_NAME_SIZE - 1} (PATH_MAX)`,
       { hint: 'remove the deep tree from the image (e.g. with the recipe\'s remove patterns)' },
     );
   }
   const parent = parentPath(entry.path);
   if (parent !== '' && !directories.has(parent)) {
     throw new InputError(
-      `"${path}" comes before its parent directory "${displayPath(parent)}" (or the parent is not a directory)`,
+      `"${displayPath(entry.path)}" comes before its parent directory "${displayPath(parent)}" (or the parent is not a directory)`,
       { hint: 'entries must be sorted so that every directory precedes its contents' },
     );
   }
   if (entry.type === 'symlink' && !entry.linkTarget) {
-    throw new InputError(`symlink "${path}" has no target`);
+    throw new InputError(`symlink "${displayPath(entry.path)}" has no target`);
   }
   if (entry.type === 'symlink' && !BYTE_STRING.test(entry.linkTarget ?? '')) {
-    throw new InputError(`target of symlink "${path}" is not a latin1 byte string without NUL`);
+    throw new InputError(`target of symlink "${displayPath(entry.path)}" is not a latin1 byte string without NUL`);
   }
   if (entry.type === 'symlink' && entry.linkTarget!.length + 1 > MAX_NAME_SIZE) {
     throw new InputError(
-      `symlink "${abbreviated(path)}" has a target of ${entry.linkTarget!.length} bytes: the kernel unpacks at most ${MAX_NAME_SIZE - 1} (PATH_MAX)`,
+      `symlink "${abbreviated(displayPath(entry.path))}" has a target of ${entry.linkTarget!.length} bytes: the kernel unpacks at most ${MAX_NAME_SIZE - 1} (PATH_MAX)`,
     );
   }
   if (dataSize(entry) > MAX_U32) {
-    throw new InputError(`file "${path}" is ${dataSize(entry)} bytes: newc cannot hold a file of 4 GiB or more`, {
+    throw new InputError(`file "${displayPath(entry.path)}" is ${dataSize(entry)} bytes: newc cannot hold a file of 4 GiB or more`, {
       hint: 'remove or split the file in the image',
     });
   }
   const numbers = { uid: entry.uid, gid: entry.gid, 'device major': entry.devMajor ?? 0, 'device minor': entry.devMinor ?? 0 };
   for (const [field, value] of Object.entries(numbers)) {
     if (!Number.isInteger(value) || value < 0 || value > MAX_U32) {
-      throw new InputError(`${field} ${value} of "${path}" does not fit in newc's 32-bit field`);
+      throw new InputError(`${field} ${value} of "${displayPath(entry.path)}" does not fit in newc's 32-bit field`);
     }
   }
 }

@@ -17,6 +17,7 @@ import { Readable } from 'node:stream';
 import { detectCompression, type Compression } from '../compress/index.ts';
 import { InputError, VerificationError } from '../errors.ts';
 import { normalizeLayerPath, TarIndexer, type LayerEntry } from '../layers/tar-index.ts';
+import type { Cache } from '../cache/cache.ts';
 import { BlobCache } from '../registry/cache.ts';
 import { digestHex, sha256Digest } from '../util/digest.ts';
 import { parseLayoutIndex, selectLayoutEntry } from './oci-layout.ts';
@@ -335,9 +336,9 @@ function canonicalTags(image: DockerArchiveImage): string[] {
   });
 }
 
-/** Opens an image archive, caching its blobs under `cacheDir`. */
-export async function openArchiveStore(reference: ArchiveReference, cacheDir: string): Promise<ContentStore> {
+/** Opens an image archive, caching its blobs in `cache`. */
+export async function openArchiveStore(reference: ArchiveReference, cache: Cache): Promise<ContentStore> {
   const archive = await TarArchive.open(reference.file);
-  const cache = new BlobCache(cacheDir);
-  return reference.kind === 'oci-archive' ? new OciArchiveStore(reference, archive, cache) : DockerArchiveStore.open(reference, archive, cache);
+  const blobs = new BlobCache(cache);
+  return reference.kind === 'oci-archive' ? new OciArchiveStore(reference, archive, blobs) : DockerArchiveStore.open(reference, archive, blobs);
 }

@@ -1,24 +1,25 @@
 /**
  * The unpacked layer cache: every layer is verified and decompressed once to
- * `<cacheDir>/layers/sha256/<diffid>.tar` (sparse: zero blocks are holes),
+ * `layers/sha256/<diffid>.tar` in the cache (sparse: zero blocks are holes),
  * beside an index of its entries (`<diffid>.json`). Later stages read file data from the .tar by offset, and
  * warm rebuilds reuse both files without touching the blob.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { isCount, isObject, isString, type Cache } from '../cache/cache.ts';
 import { createDecompressor, detectCompression, isCorruptStreamError } from '../compress/index.ts';
 import { DownloadRestartedError, InputError, VerificationError } from '../errors.ts';
 import type { IncomingBlob } from '../image/source.ts';
 import type { Descriptor } from '../image/types.ts';
-import { writeAtomically, writeFileAtomically } from '../util/atomic.ts';
+import { writeAtomically } from '../util/atomic.ts';
 import { mapConcurrent } from '../util/concurrency.ts';
 import { digestHex, DigestingStream } from '../util/digest.ts';
+import { siblingModuleUrl, sourceIdentity } from '../util/source-identity.ts';
 import { SparseFileWriter } from './sparse-file.ts';
-import { type LayerEntry, TarIndexer, tarIndexStream } from './tar-index.ts';
+import { type LayerEntry, type LayerEntryType, TarIndexer, tarIndexStream } from './tar-index.ts';
 
 export interface UnpackedLayer {
   /** sha256 of the uncompressed tar (the image config's diff_id). */
@@ -37,7 +38,7 @@ export interface UnpackLayerOptions {
   blob: LayerBlob;
   descriptor: Descriptor;
   diffId: string;
-  cacheDir: string;
+  cache: Cache;
   /** Hears of each step of an unpack that is not served from the cache. */
   onProgress?: (progress: LayerProgress) => void;
 }
@@ -58,11 +59,17 @@ export interface LayerProgress {
   readableBytes: number;
 }
 
-/** Bumped whenever the index layout changes, so old cache files are redone. */
-const INDEX_FORMAT = 2;
+/**
+ * The code that makes an index: the tar indexer and all it imports
+ * (util/source-identity.ts). A stored index made by other code is redone, so
+ * a change to how tars are read can never be served from an older index.
+ */
+function indexerIdentity(): string {
+  return sourceIdentity(siblingModuleUrl(import.meta.url, 'tar-index'));
+}
 
 interface StoredIndex {
-  format: number;
+  indexer: string;
   diffId: string;
   tarSize: number;
   warnings: string[];
@@ -71,38 +78,51 @@ interface StoredIndex {
 
 /** Verifies, decompresses and indexes a layer, or returns its cached result. */
 export async function unpackLayer(options: UnpackLayerOptions): Promise<UnpackedLayer> {
-  const { descriptor, diffId, cacheDir } = options;
+  const { descriptor, diffId, cache } = options;
   digestHex(descriptor.digest, `digest of layer ${descriptor.digest}`);
-  const base = join(resolve(cacheDir), 'layers', 'sha256', digestHex(diffId, `diff_id of layer ${descriptor.digest}`));
-  const tarPath = `${base}.tar`;
-  const indexPath = `${base}.json`;
-  const cached = await readCachedIndex(tarPath, indexPath, diffId);
+  const { tar: tarPath, index: indexPath } = cache.layerPaths(diffId, `layer ${descriptor.digest}`);
+  const cached = await readCachedIndex(cache, tarPath, indexPath, diffId);
   if (cached !== undefined) return { diffId, tarPath, ...cached };
   const { entries, warnings, tarSize } = await writeAtomically(tarPath, (temporary) => unpackBlob(options, tarPath, temporary));
-  await writeFileAtomically(indexPath, JSON.stringify(storedIndex(diffId, tarSize, entries, warnings)));
+  await cache.writeRecord(indexPath, storedIndex(diffId, tarSize, entries, warnings));
   return { diffId, tarPath, entries, warnings };
 }
 
-/** The stored index, or undefined when it is missing or does not match its tar. */
-async function readCachedIndex(tarPath: string, indexPath: string, diffId: string): Promise<IndexedTar | undefined> {
-  let stored: StoredIndex;
-  let tarSize: number;
-  try {
-    stored = JSON.parse(await readFile(indexPath, 'utf8')) as StoredIndex;
-    tarSize = (await stat(tarPath)).size;
-  } catch {
-    return undefined; // not cached yet, or damaged: unpack again
-  }
-  if (stored.format !== INDEX_FORMAT || stored.diffId !== diffId || stored.tarSize !== tarSize) return undefined;
+/** The stored index, or undefined when it is missing, unusable or does not match its tar; a hit counts as a use of both files. */
+async function readCachedIndex(cache: Cache, tarPath: string, indexPath: string, diffId: string): Promise<IndexedTar | undefined> {
+  const stored = await cache.readRecord(indexPath, isStoredIndex, 'layer index');
+  const tarSize = await stat(tarPath).then((info) => info.size, () => undefined);
+  if (stored === undefined || stored.diffId !== diffId || stored.tarSize !== tarSize) return undefined;
+  await cache.touch(tarPath, indexPath);
   const entries = stored.entries.map(({ xattrs, ...entry }) =>
     xattrs === undefined ? entry : { ...entry, xattrs: mapValues(xattrs, (value) => Buffer.from(value, 'base64')) },
   );
   return { entries, warnings: stored.warnings };
 }
 
+const LAYER_ENTRY_TYPES: ReadonlySet<unknown> = new Set<LayerEntryType>(['file', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo']);
+const isSparseRun = (run: unknown): boolean => isObject(run) && isCount(run.offset) && isCount(run.size);
+const isOptional = <T>(value: unknown, check: (value: unknown) => value is T): boolean => value === undefined || check(value);
+
+function isStoredEntry(value: unknown): value is StoredIndex['entries'][number] {
+  return (
+    isObject(value) && isString(value.path) && LAYER_ENTRY_TYPES.has(value.type) && isCount(value.mode) && isCount(value.uid) && isCount(value.gid) &&
+    Number.isFinite(value.mtime) && isCount(value.size) && isCount(value.dataOffset) && isOptional(value.linkname, isString) &&
+    isOptional(value.devMajor, isCount) && isOptional(value.devMinor, isCount) &&
+    (value.xattrs === undefined || (isObject(value.xattrs) && Object.values(value.xattrs).every(isString))) &&
+    (value.sparse === undefined || (Array.isArray(value.sparse) && value.sparse.every(isSparseRun)))
+  );
+}
+
+/** An index this code wrote (its indexer identity first: an index from other code is a miss whatever its shape). */
+function isStoredIndex(value: unknown): value is StoredIndex {
+  return isObject(value) && value.indexer === indexerIdentity() && isString(value.diffId) && isCount(value.tarSize) &&
+    Array.isArray(value.warnings) && value.warnings.every(isString) && Array.isArray(value.entries) && value.entries.every(isStoredEntry);
+}
+
 function storedIndex(diffId: string, tarSize: number, entries: readonly LayerEntry[], warnings: string[]): StoredIndex {
   return {
-    format: INDEX_FORMAT,
+    indexer: indexerIdentity(),
     diffId,
     tarSize,
     warnings,
@@ -264,7 +284,7 @@ export function unpackImageLayers(
   layers: readonly Descriptor[],
   diffIds: readonly string[],
   blobOf: (descriptor: Descriptor, index: number) => LayerBlob | Promise<LayerBlob>,
-  cacheDir: string,
+  cache: Cache,
   onUnpacked: (layer: UnpackedLayer, index: number) => void = () => {},
   onProgress?: (progress: LayerProgress, index: number) => void,
 ): Promise<UnpackedLayer[]> {
@@ -273,7 +293,7 @@ export function unpackImageLayers(
       blob: await blobOf(descriptor, index),
       descriptor,
       diffId: diffIds[index]!,
-      cacheDir,
+      cache,
       onProgress: onProgress && ((progress) => onProgress(progress, index)),
     });
     onUnpacked(layer, index);

@@ -41,7 +41,7 @@ async function readRange(range: FileRange): Promise<Buffer> {
 async function imageFile(reference: string, path: string, arch: Arch, options: SourceOptions): Promise<TreeEntry | undefined> {
   const store = await openContentStore(reference, options);
   const image = await resolveImage(store, arch);
-  const layers = await unpackImageLayers(image.layers, image.config.rootfs.diff_ids, (descriptor) => store.blobPath(descriptor), options.cacheDir);
+  const layers = await unpackImageLayers(image.layers, image.config.rootfs.diff_ids, (descriptor) => store.blobPath(descriptor), options.cache);
   const wanted = bytePath(path.replace(/^\/+/, ''));
   return flattenLayers(layers).entries.find((entry) => entry.path === wanted);
 }
@@ -56,7 +56,7 @@ export async function pullAgentImage(reference: string, path: string, arch: Arch
     });
   }
   const bytes = Buffer.isBuffer(entry.data) ? entry.data : await readRange(entry.data);
-  return new BlobCache(options.cacheDir).ingest(sha256Digest(bytes), bytes.length, Readable.from([bytes]));
+  return new BlobCache(options.cache).ingest(sha256Digest(bytes), bytes.length, Readable.from([bytes]));
 }
 
 /** The target with an agent image replaced by the pulled file; targets with an agent file pass unchanged. */

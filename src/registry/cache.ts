@@ -1,5 +1,5 @@
 /**
- * The content-addressed blob cache: `<cacheDir>/blobs/sha256/<hex>`. A blob
+ * The content-addressed blob cache: `blobs/sha256/<hex>` in the cache (cache/cache.ts). A blob
  * is written under a unique temporary name while it is hashed and enters the
  * cache by rename only once its size and digest check out, so readers never
  * see a partial or wrong blob and concurrent writers of one blob cannot clash.
@@ -9,33 +9,27 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { open, stat, type FileHandle } from 'node:fs/promises';
-import { homedir } from 'node:os';
-import { isAbsolute, join } from 'node:path';
+import type { Cache } from '../cache/cache.ts';
 import { VerificationError } from '../errors.ts';
 import { writeAtomically } from '../util/atomic.ts';
-import { digestHex } from '../util/digest.ts';
-
-/** `$XDG_CACHE_HOME/rampack`, else `~/.cache/rampack` (relative XDG paths are ignored, as the spec says). */
-export function defaultCacheDir(): string {
-  const xdg = process.env.XDG_CACHE_HOME;
-  return join(xdg && isAbsolute(xdg) ? xdg : join(homedir(), '.cache'), 'rampack');
-}
 
 export class BlobCache {
-  readonly dir: string;
+  readonly cache: Cache;
 
-  constructor(dir: string) {
-    this.dir = dir;
+  constructor(cache: Cache) {
+    this.cache = cache;
   }
 
   path(digest: string): string {
-    return join(this.dir, 'blobs', 'sha256', digestHex(digest, 'blob digest'));
+    return this.cache.blobPath(digest);
   }
 
-  /** Whether the blob is cached (with the expected size, when given). */
+  /** Whether the blob is cached (with the expected size, when given); a hit counts as a use of it. */
   async has(digest: string, size?: number): Promise<boolean> {
     const info = await stat(this.path(digest)).catch(() => undefined);
-    return info !== undefined && info.isFile() && (size === undefined || info.size === size);
+    const hit = info !== undefined && info.isFile() && (size === undefined || info.size === size);
+    if (hit) await this.cache.touch(this.path(digest));
+    return hit;
   }
 
   /** Streams `source` into the cache, verifying `size` and `digest`; returns the blob's path. */

@@ -19,7 +19,7 @@ import { readBody, RegistryClient } from './client.ts';
 import { withRetries, type RetryPolicy } from './retry.ts';
 import { registryClientOptions, type RegistryOptions } from './store.ts';
 
-export interface PushOptions extends Omit<RegistryOptions, 'cacheDir' | 'onBlobBytes'> {
+export interface PushOptions extends Omit<RegistryOptions, 'cache' | 'onBlobBytes'> {
   /** Blobs larger than this go up in PATCH requests of this size (default 16 MiB). */
   chunkSize?: number;
 }

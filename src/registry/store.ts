@@ -7,6 +7,7 @@ import { digestHex, isDigest, sha256Digest } from '../util/digest.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { TOOL_VERSION } from '../version.ts';
 import { BlobCache, type PartialBlob } from './cache.ts';
+import type { Cache } from '../cache/cache.ts';
 import { readBody, RegistryClient, type ClientOptions, type RegistryRequest } from './client.ts';
 import { credentialLookup } from './credentials.ts';
 import { CacheDownload } from './follow.ts';
@@ -14,8 +15,8 @@ import { DEFAULT_MAX_ATTEMPTS } from './retry.ts';
 import { sharedTransport, type TransportOptions } from './transport.ts';
 
 export interface RegistryOptions extends TransportOptions {
-  /** Root of the blob cache (blobs land in `<cacheDir>/blobs/sha256/`). */
-  cacheDir: string;
+  /** The cache blobs are downloaded into (cache/cache.ts). */
+  cache: Cache;
   username?: string;
   password?: string;
   /** Where config.json lives; default `$DOCKER_CONFIG`, else `~/.docker`. */
@@ -176,7 +177,7 @@ function checkContent(bytes: Buffer, expected: { digest: string; size?: number }
 }
 
 /** What every client of a build shares: credentials, retry policy, log and transport. */
-export function registryClientOptions(options: Omit<RegistryOptions, 'cacheDir'>): ClientOptions {
+export function registryClientOptions(options: Omit<RegistryOptions, 'cache'>): ClientOptions {
   const log = options.log ?? silentLogger;
   return {
     lookup: credentialLookup(options),
@@ -196,5 +197,5 @@ export function registryClientOptions(options: Omit<RegistryOptions, 'cacheDir'>
 export function openRegistryStore(reference: ImageReference, options: RegistryOptions): RegistryStore {
   const clientOptions = registryClientOptions(options);
   const client = new RegistryClient(reference, clientOptions);
-  return new RegistryStore(reference, client, new BlobCache(options.cacheDir), clientOptions.log, options.onBlobBytes);
+  return new RegistryStore(reference, client, new BlobCache(options.cache), clientOptions.log, options.onBlobBytes);
 }

@@ -12,12 +12,20 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
 import type { BootCheck } from '../../src/cli/verify.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
-import { runRampack } from '../helpers/cli.ts';
+import { CLI_DEADLINE_MS, runRampack } from '../helpers/cli.ts';
 import { busyboxBinary, KERNEL_CACHE, TEST_CACHE } from '../helpers/debian.ts';
 import { languageImageSpec } from '../helpers/images.ts';
 import { writeOciLayout } from '../helpers/oci-builder.ts';
 import { pushLayout, startRegistry } from '../helpers/registry.ts';
 import { ensureTools, TOOLS } from '../helpers/system.ts';
+
+/**
+ * Bounded at every level, so that under load a slow boot fails the test instead of hanging the file: each VM
+ * is killed by verify after VM_TIMEOUT, each rampack run (with its VMs) by runRampack after its deadline
+ * (CLI_DEADLINE_MS), and both come before the test's own timeout.
+ */
+const VM_TIMEOUT = ['--timeout', '120'];
+const TEST_TIMEOUT_MS = CLI_DEADLINE_MS + 15_000;
 
 let work: string;
 let registry: Awaited<ReturnType<typeof startRegistry>>;
@@ -53,10 +61,10 @@ afterAll(async () => {
   if (work) rmSync(work, { recursive: true, force: true });
 });
 
-describe('rampack verify --boot', () => {
+describe('rampack verify --boot', { timeout: TEST_TIMEOUT_MS }, () => {
   it('boots both arches of a manifest with Debian kernels and passes the recipe’s smoke command', async () => {
     // --cache TEST_CACHE: the default kernels come from <cache>/kernels, where the test setup fetched them.
-    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', recipe, '--cache', TEST_CACHE, '--json']);
+    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', recipe, '--cache', TEST_CACHE, '--json', ...VM_TIMEOUT]);
     expect(result.stderr).not.toContain('error');
     expect(result.code).toBe(0);
     const checks = JSON.parse(result.stdout) as BootCheck[];
@@ -76,7 +84,7 @@ describe('rampack verify --boot', () => {
     copyFileSync(await ensureDebianKernel('x86_64', KERNEL_CACHE), kernel);
     const withKernel = join(work, 'lang-kernel.yaml');
     writeFileSync(withKernel, `${readFileSync(recipe, 'utf8')}kernel:\n  x86_64: ${kernel}\n`);
-    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', withKernel, '--arch', 'x86_64', '--json']);
+    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', withKernel, '--arch', 'x86_64', '--json', ...VM_TIMEOUT]);
     expect(result.code).toBe(0);
     const [check] = JSON.parse(result.stdout) as BootCheck[];
     expect(check).toMatchObject({ kernel, passed: true });
@@ -85,7 +93,7 @@ describe('rampack verify --boot', () => {
   it('reports a failing smoke command with exit code 5, and the time to agent-ready of each image', async () => {
     const file = join(out, 'lang-1.0-x86_64.cpio.gz');
     const kernel = await ensureDebianKernel('x86_64', KERNEL_CACHE);
-    const result = await runRampack(['verify', '--boot', file, '--smoke', 'cat /no/such/file', '--kernel', `x86_64=${kernel}`]);
+    const result = await runRampack(['verify', '--boot', file, '--smoke', 'cat /no/such/file', '--kernel', `x86_64=${kernel}`, ...VM_TIMEOUT]);
     expect(result.code).toBe(5);
     expect(result.stdout).toMatch(
       new RegExp(`^FAIL lang 1\\.0 x86_64 \\(${file}\\): agent ready in \\d+\\.\\ds, the smoke command exited 1; \\d+\\.\\ds in all\\n$`),

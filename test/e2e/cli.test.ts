@@ -16,7 +16,7 @@ import type { ImageInspection } from '../../src/inspect/image.ts';
 import type { InitramfsSummary } from '../../src/inspect/initramfs.ts';
 import type { ManifestImage } from '../../src/manifest/manifest.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
-import { REPO_ROOT, runRampack, type CliResult } from '../helpers/cli.ts';
+import { CLI_DEADLINE_MS, REPO_ROOT, runRampack, type CliResult } from '../helpers/cli.ts';
 import { languageImageSpec } from '../helpers/images.ts';
 import { writeOciLayout, type ImageSpec } from '../helpers/oci-builder.ts';
 import { pushLayout, startRegistry } from '../helpers/registry.ts';
@@ -49,9 +49,11 @@ function runInTerminal(args: string[], env: NodeJS.ProcessEnv = {}, stdoutTo?: s
   const redirect = stdoutTo === undefined ? '' : ` > ${quote(stdoutTo)}`;
   const command = `stty cols 120 rows 50; ${[process.execPath, MAIN, ...args].map(quote).join(' ')}${redirect}`;
   // script exits with the command's status; execFile rejects on non-zero, carrying the output.
-  return run('script', ['-qfec', command, '/dev/null'], { cwd: REPO_ROOT, env: cleanEnv(env) }).then(
-    ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
-    (error: { code: number; stdout: string; stderr: string }) => ({ code: error.code, stdout: error.stdout, stderr: error.stderr }),
+  const options = { cwd: REPO_ROOT, env: cleanEnv(env), timeout: CLI_DEADLINE_MS, killSignal: 'SIGKILL' as const };
+  return run('script', ['-qfec', command, '/dev/null'], options).then(
+    ({ stdout, stderr }) => ({ code: 0, stdout, stderr, timedOut: false }),
+    (error: { code: number; stdout: string; stderr: string; killed?: boolean }) =>
+      ({ code: error.code, stdout: error.stdout, stderr: error.stderr, timedOut: error.killed === true }),
   );
 }
 

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
 import { bootInitramfs } from '../../src/boot/qemu.ts';
 import { readNewcArchive } from '../../src/cpio/reader.ts';
@@ -374,7 +375,7 @@ async function rampackArchive(layout: string, archive: string): Promise<void> {
   const layers: UnpackedLayer[] = [];
   for (const [position, descriptor] of manifest.layers.entries()) {
     const blobPath = join(layout, 'blobs', 'sha256', descriptor.digest.slice('sha256:'.length));
-    layers.push(await unpackLayer({ blob: blobPath, descriptor, diffId: config.rootfs.diff_ids[position]!, cacheDir: join(workDir, 'cache') }));
+    layers.push(await unpackLayer({ blob: blobPath, descriptor, diffId: config.rootfs.diff_ids[position]!, cache: new Cache(join(workDir, 'cache')) }));
   }
   await pipeline(newcArchive(flattenLayers(layers).entries), createWriteStream(archive));
 }

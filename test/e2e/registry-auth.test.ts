@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { InputError, RampackError, RegistryError } from '../../src/errors.ts';
 import { parseImageReference } from '../../src/image/reference.ts';
 import { resolveImage } from '../../src/image/resolve.ts';
@@ -43,7 +44,7 @@ const spec: ImageSpec = {
 function storeFor(reference: string, options: Partial<RegistryOptions> = {}) {
   const emptyConfig = mkdtempSync(join(work, 'docker-config-'));
   return openRegistryStore(parseImageReference(reference), {
-    cacheDir: mkdtempSync(join(work, 'cache-')),
+    cache: new Cache(mkdtempSync(join(work, 'cache-'))),
     maxAttempts: 2,
     retryBaseMs: 10,
     dockerConfigDir: emptyConfig,

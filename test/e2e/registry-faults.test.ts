@@ -11,6 +11,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { RampackError, RegistryError } from '../../src/errors.ts';
 import { parseImageReference } from '../../src/image/reference.ts';
 import { resolveImage } from '../../src/image/resolve.ts';
@@ -42,7 +43,7 @@ async function proxy(options: ProxyOptions = {}): Promise<RecordingProxy> {
 
 function storeFor(host: string, options: Partial<RegistryOptions> = {}) {
   return openRegistryStore(parseImageReference(`${host}/${REFERENCE}`), {
-    cacheDir: mkdtempSync(join(work, 'cache-')),
+    cache: new Cache(mkdtempSync(join(work, 'cache-'))),
     dockerConfigDir: mkdtempSync(join(work, 'docker-config-')),
     retryBaseMs: 10,
     proxyEnv: {},
@@ -160,7 +161,7 @@ describe('downloading a layer over a bad connection', () => {
     const [base] = await layers();
     const faulty = await proxy({ faults: [{ when: blobGet(base!.digest), fault: { kind: 'reset' }, times: 1000 }] });
     const cacheDir = mkdtempSync(join(work, 'cache-'));
-    const error = await caught(storeFor(faulty.host, { cacheDir, maxAttempts: 3 }).blobPath(base!));
+    const error = await caught(storeFor(faulty.host, { cache: new Cache(cacheDir), maxAttempts: 3 }).blobPath(base!));
     expect(error).toBeInstanceOf(RegistryError);
     expect(error.message).toContain(`downloading layer ${base!.digest}`);
     expect(error.message).toContain('gave up after 3 attempts');
@@ -187,7 +188,7 @@ describe('concurrency', () => {
     await writeOciLayout(join(work, 'many'), spec, '1.0');
     await pushLayout(join(work, 'many'), '1.0', registry.host, 'test/many');
     const slow = await proxy({ faults: [{ when: (request) => request.path.includes('/blobs/'), fault: { kind: 'delay', ms: 150 }, times: 1000 }] });
-    const open = () => openRegistryStore(parseImageReference(`${slow.host}/test/many:1.0`), { cacheDir: mkdtempSync(join(work, 'cache-')), proxyEnv: {} });
+    const open = () => openRegistryStore(parseImageReference(`${slow.host}/test/many:1.0`), { cache: new Cache(mkdtempSync(join(work, 'cache-'))), proxyEnv: {} });
     const image = await resolveImage(open(), 'x86_64');
     const stores = [open(), open()];
     await Promise.all(stores.flatMap((store) => image.layers.map((layer) => store.blobPath(layer))));

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { DownloadRestartedError, VerificationError } from '../../src/errors.ts';
 import { parseImageReference } from '../../src/image/reference.ts';
 import { resolveImage } from '../../src/image/resolve.ts';
@@ -32,7 +33,7 @@ let fromFile: { entries: UnpackedLayer['entries']; tar: Buffer };
 
 function storeFor(host: string, repository: string, options: Partial<RegistryOptions> = {}) {
   return openRegistryStore(parseImageReference(`${host}/${repository}:1.0`), {
-    cacheDir: mkdtempSync(join(work, 'cache-')),
+    cache: new Cache(mkdtempSync(join(work, 'cache-'))),
     dockerConfigDir: mkdtempSync(join(work, 'docker-config-')),
     retryBaseMs: 10,
     proxyEnv: {},
@@ -71,7 +72,7 @@ function watched(incoming: IncomingBlob) {
 }
 
 function unpack(blob: IncomingBlob | string, descriptor = layer, cacheDir = mkdtempSync(join(work, 'layers-'))): Promise<UnpackedLayer> {
-  return unpackLayer({ blob, descriptor, diffId, cacheDir });
+  return unpackLayer({ blob, descriptor, diffId, cache: new Cache(cacheDir) });
 }
 
 function expectSameAsFromFile(unpacked: UnpackedLayer): void {

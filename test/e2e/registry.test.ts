@@ -12,11 +12,12 @@ import { homedir, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setImmediate } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache, defaultCacheDir } from '../../src/cache/cache.ts';
 import { InputError, RampackError, RegistryError, VerificationError } from '../../src/errors.ts';
 import { parseImageReference } from '../../src/image/reference.ts';
 import { resolveImage } from '../../src/image/resolve.ts';
 import type { ImageIndex } from '../../src/image/types.ts';
-import { BlobCache, defaultCacheDir } from '../../src/registry/cache.ts';
+import { BlobCache } from '../../src/registry/cache.ts';
 import { dockerConfigCredentials } from '../../src/registry/credentials.ts';
 import { openRegistryStore, type RegistryOptions } from '../../src/registry/store.ts';
 import type { Logger } from '../../src/util/log.ts';
@@ -66,7 +67,7 @@ function freshCache(): string {
 function storeFor(reference: string, options: Partial<RegistryOptions> = {}) {
   // An empty Docker config directory unless a test brings its own: the machine's logins must not leak in.
   const emptyConfig = mkdtempSync(join(work, 'docker-config-'));
-  return openRegistryStore(parseImageReference(reference), { cacheDir: freshCache(), maxAttempts: 2, dockerConfigDir: emptyConfig, ...options });
+  return openRegistryStore(parseImageReference(reference), { cache: new Cache(freshCache()), maxAttempts: 2, dockerConfigDir: emptyConfig, ...options });
 }
 
 async function proxy(upstream: string, options?: Parameters<typeof startProxy>[1]): Promise<RecordingProxy> {
@@ -188,8 +189,8 @@ describe('downloading layers into the blob cache', () => {
     const recorder = await proxy(open.host);
     const cacheDir = freshCache();
     const reference = `${recorder.host}/test/app:1.0`;
-    const image = await resolveImage(storeFor(reference, { cacheDir }), 'x86_64');
-    const store = storeFor(reference, { cacheDir });
+    const image = await resolveImage(storeFor(reference, { cache: new Cache(cacheDir) }), 'x86_64');
+    const store = storeFor(reference, { cache: new Cache(cacheDir) });
     const paths = await Promise.all(image.layers.map((layer) => store.blobPath(layer)));
     for (const [index, layer] of image.layers.entries()) {
       expect(paths[index]).toBe(join(cacheDir, 'blobs', 'sha256', layer.digest.slice(7)));
@@ -199,7 +200,7 @@ describe('downloading layers into the blob cache', () => {
     expect(readdirSync(join(cacheDir, 'blobs', 'sha256')).sort()).toEqual(image.layers.map((layer) => layer.digest.slice(7)).sort());
 
     const before = recorder.requests.length;
-    const again = storeFor(reference, { cacheDir });
+    const again = storeFor(reference, { cache: new Cache(cacheDir) });
     expect(await again.blobPath(image.layers[0]!)).toBe(paths[0]);
     expect(recorder.requests.length).toBe(before);
   });
@@ -214,14 +215,14 @@ describe('downloading layers into the blob cache', () => {
     writeFileSync(data, Buffer.alloc(statSync(data).size, 0x5a));
 
     const cacheDir = freshCache();
-    const error = await caught(storeFor(`${open.host}/test/corrupt:1.0`, { cacheDir }).blobPath(layer));
+    const error = await caught(storeFor(`${open.host}/test/corrupt:1.0`, { cache: new Cache(cacheDir) }).blobPath(layer));
     expect(error).toBeInstanceOf(VerificationError);
     expect(error.message).toContain(`blob ${layer.digest} does not match its digest`);
     expect(readdirSync(join(cacheDir, 'blobs', 'sha256'))).toEqual([]);
   });
 
   it('lets concurrent writers of one blob both succeed, leaving one file', async () => {
-    const cache = new BlobCache(freshCache());
+    const cache = new BlobCache(new Cache(freshCache()));
     const content = Buffer.alloc(256 * 1024, 7);
     const slowly = async function* () {
       for (let offset = 0; offset < content.length; offset += 16 * 1024) {
@@ -232,7 +233,7 @@ describe('downloading layers into the blob cache', () => {
     const digest = sha256(content);
     const paths = await Promise.all([cache.ingest(digest, content.length, slowly()), cache.ingest(digest, content.length, slowly())]);
     expect(paths).toEqual([cache.path(digest), cache.path(digest)]);
-    expect(readdirSync(join(cache.dir, 'blobs', 'sha256'))).toEqual([digest.slice(7)]);
+    expect(readdirSync(cache.cache.folder('blobs'))).toEqual([digest.slice(7)]);
     expect(await cache.has(digest, content.length)).toBe(true);
     expect(await cache.has(digest, content.length + 1)).toBe(false);
   });

@@ -14,8 +14,8 @@ import { bootInitramfs } from '../../src/boot/qemu.ts';
 import { buildTestAgent, parseTree } from '../helpers/agent.ts';
 import { runRampack } from '../helpers/cli.ts';
 import { KERNEL_CACHE } from '../helpers/debian.ts';
-import { GENERATED_BASE, GENERATED_PATCH, GENERATED_TOOLCHAIN, generatedContent } from '../helpers/generated-layers.ts';
-import { writeOciLayout } from '../helpers/oci-builder.ts';
+import { GENERATED_BASE, GENERATED_PATCH, GENERATED_TOOLCHAIN, generatedContent, walkOrder } from '../helpers/generated-layers.ts';
+import { writeOciLayout, type TarEntrySpec } from '../helpers/oci-builder.ts';
 import { ensureTools, TOOLS } from '../helpers/system.ts';
 
 let work: string;
@@ -37,31 +37,37 @@ afterAll(async () => {
 const OUTPUT = 'spec-1-x86_64.cpio.zst';
 const WRITTEN_AHEAD = /(\d+) of the (\d+) shards written ahead were used/;
 
-function build(out: string, cache: string) {
+function build(out: string, cache: string, image = layout) {
   return runRampack([
-    'build', '--image', `oci:${layout}:1`, '--agent', agent, '--arch', 'x86_64', '--language', 'spec', '--version', '1',
+    'build', '--image', `oci:${image}:1`, '--agent', agent, '--arch', 'x86_64', '--language', 'spec', '--version', '1',
     '--compression', 'zstd', '--shard-size', '64KiB', '--out', out, '--cache', cache, '--verbose',
   ]);
+}
+
+/** Builds twice: with shards written while the layers unpack, then from unpacked layers (nothing to predict); returns both runs' stderr. */
+async function buildAheadAndAfter(image: string, name: string) {
+  const cache = join(work, `cache-${name}`);
+  const first = await build(join(work, `out-${name}-ahead`), cache, image);
+  expect(first.code, first.stderr).toBe(0);
+  // The layers are now unpacked: a build that finds no image part cached writes every shard at the end.
+  for (const part of ['rootfs', 'shards', 'outputs']) await rm(join(cache, part), { recursive: true, force: true });
+  const second = await build(join(work, `out-${name}-after`), cache, image);
+  expect(second.code, second.stderr).toBe(0);
+  expect(second.stderr).not.toMatch(WRITTEN_AHEAD);
+  const [ahead, after] = await Promise.all(['ahead', 'after'].map((when) => readFile(join(work, `out-${name}-${when}`, OUTPUT))));
+  expect(ahead!.equals(after!)).toBe(true);
+  return first.stderr;
 }
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 
 describe('rampack build with shards written while layers unpack', () => {
   it('writes the same bytes as without, and the kernel unpacks the tree the layers make', async () => {
-    const cache = join(work, 'cache');
-    const first = await build(join(work, 'out-ahead'), cache);
-    expect(first.code, first.stderr).toBe(0);
-    const [, used, written] = WRITTEN_AHEAD.exec(first.stderr) ?? [];
-    expect(Number(written), first.stderr).toBeGreaterThan(0);
+    const stderr = await buildAheadAndAfter(layout, 'plain');
+    const [, used, written] = WRITTEN_AHEAD.exec(stderr) ?? [];
+    expect(Number(written), stderr).toBeGreaterThan(0);
     expect(Number(used)).toBeGreaterThan(0);
-
-    // The layers are now unpacked: a build that finds no image part cached writes every shard at the end.
-    for (const part of ['rootfs', 'shards', 'outputs']) await rm(join(cache, part), { recursive: true, force: true });
-    const second = await build(join(work, 'out-after'), cache);
-    expect(second.code, second.stderr).toBe(0);
-    expect(second.stderr).not.toMatch(WRITTEN_AHEAD);
-    const initrd = join(work, 'out-ahead', OUTPUT);
-    expect((await readFile(initrd)).equals(await readFile(join(work, 'out-after', OUTPUT)))).toBe(true);
+    const initrd = join(work, 'out-plain-ahead', OUTPUT);
 
     const boot = await bootInitramfs({
       arch: 'x86_64',
@@ -80,5 +86,20 @@ describe('rampack build with shards written while layers unpack', () => {
     expect([...tree.keys()].filter((path) => path.startsWith('/usr/lib/lang/')).sort()).toEqual(['/usr/lib/lang/current', '/usr/lib/lang/new']);
     expect(tree.get('/usr/lib-extra/f79')?.detail).toBe(sha256(generatedContent(379, 12 * 1024)));
     expect(tree.get('/usr/share/lang/f39')?.detail).toBe(sha256(generatedContent(539, 12 * 1024)));
+  }, 240_000);
+});
+
+describe('rampack build when a late entry of the last layer breaks the prediction', () => {
+  it('rejects the shards written ahead and writes the same bytes as without them', async () => {
+    // A big top layer in walk order whose last entry whites out a file of the base layer, far below the frontier.
+    const late = join(work, 'late');
+    const files = Array.from({ length: 300 }, (_, i): TarEntrySpec => ({ name: `usr/share/late/f${i}`, content: generatedContent(700 + i, 16 * 1024) }));
+    const top = [...walkOrder([{ name: 'usr', type: 'directory' }, { name: 'usr/share', type: 'directory' }, { name: 'usr/share/late', type: 'directory' }, ...files]),
+      { name: 'usr/bin/.wh.f1', content: '' }];
+    await writeOciLayout(late, { layers: [{ entries: GENERATED_BASE }, { entries: GENERATED_TOOLCHAIN }, { entries: top }] }, '1');
+    const stderr = await buildAheadAndAfter(late, 'late');
+    const [, used, written] = WRITTEN_AHEAD.exec(stderr) ?? [];
+    expect(Number(written), stderr).toBeGreaterThan(0);
+    expect(Number(used), stderr).toBeLessThan(Number(written));
   }, 240_000);
 });

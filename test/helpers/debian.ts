@@ -3,6 +3,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { APT_OPTIONS } from './system.ts';
 
 export const TEST_CACHE = join(homedir(), '.cache', 'rampack-test');
 /** Debian kernels for boot tests (src/boot/kernel.ts fills it). */
@@ -23,16 +24,16 @@ export function debianPackageRoot(pkg: string, debianArch = HOST_DEBIAN_ARCH): s
   mkdirSync(join(TEST_CACHE, 'debs'), { recursive: true });
   const work = mkdtempSync(join(TEST_CACHE, 'debs', `.${pkg}-`));
   try {
-    const download = () => execFileSync('apt-get', ['download', foreign ? `${pkg}:${debianArch}` : pkg], { cwd: work, stdio: 'pipe' });
+    const download = () => execFileSync('apt-get', ['download', foreign ? `${pkg}:${debianArch}` : pkg], { cwd: work, stdio: 'pipe', ...APT_OPTIONS });
     try {
       download();
     } catch {
-      execFileSync('apt-get', ['update', '-qq'], { stdio: 'pipe' });
+      execFileSync('apt-get', ['update', '-qq'], { stdio: 'pipe', ...APT_OPTIONS });
       download();
     }
     const deb = readdirSync(work).find((name) => name.endsWith('.deb'));
     if (!deb) throw new Error(`apt-get download ${pkg} produced no .deb`);
-    execFileSync('dpkg', ['-x', join(work, deb), join(work, 'root')]);
+    execFileSync('dpkg', ['-x', join(work, deb), join(work, 'root')], APT_OPTIONS);
     try {
       renameSync(join(work, 'root'), root);
     } catch (error) {

@@ -5,7 +5,7 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { ADDONS, buildAddon, type AddonSpec } from '../../scripts/build-native.ts';
+import { ADDONS, buildAddon, type AddonSpec } from '../../src/compress/native-build.ts';
 import type { LoadedAddon } from '../../src/compress/addon.ts';
 import { loadNativeDeflate, type NativeDeflate } from '../../src/compress/native-deflate.ts';
 import { loadNativeInflate, type NativeInflate } from '../../src/compress/native-inflate.ts';

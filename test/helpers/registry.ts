@@ -21,6 +21,9 @@ import { ensureTools, TOOLS } from './system.ts';
 
 const run = promisify(execFile);
 const STARTUP_TIMEOUT_MS = 20_000;
+const STOP_GRACE_MS = 5_000;
+/** skopeo retries a registry that stops answering: killed after this, so a test never waits on it for ever. */
+const SKOPEO_BOUNDS = { timeout: 180_000, killSignal: 'SIGKILL' } as const;
 
 export interface RunningRegistry {
   /** "127.0.0.1:PORT" */
@@ -122,7 +125,10 @@ export async function startRegistry(options: RegistryAuthOptions = {}): Promise<
   const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill('SIGTERM');
+      // A registry draining its connections (or stuck) gets a few seconds, then SIGKILL: stop() always ends.
+      const killLater = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS);
       await exited;
+      clearTimeout(killLater);
     }
     await rm(dir, { recursive: true, force: true });
   };
@@ -153,14 +159,14 @@ export async function pushLayout(
   const args = ['copy', '--quiet', '--insecure-policy', '--dest-tls-verify=false'];
   if (options.all) args.push('--all');
   if (options.creds) args.push('--dest-creds', options.creds);
-  await run('skopeo', [...args, `oci:${layoutDir}:${tag}`, `docker://${registryHost}/${repo}:${tag}`]);
+  await run('skopeo', [...args, `oci:${layoutDir}:${tag}`, `docker://${registryHost}/${repo}:${tag}`], SKOPEO_BOUNDS);
 }
 
 /** The manifest bytes skopeo reads for `HOST/REPO:TAG`. */
 export async function skopeoRawManifest(reference: string, creds?: string): Promise<Buffer> {
   ensureTools(TOOLS.skopeo);
   const args = ['inspect', '--raw', '--tls-verify=false', ...(creds ? ['--creds', creds] : []), `docker://${reference}`];
-  const { stdout } = await run('skopeo', args, { encoding: 'buffer' });
+  const { stdout } = await run('skopeo', args, { encoding: 'buffer', ...SKOPEO_BOUNDS });
   return stdout;
 }
 

@@ -46,6 +46,15 @@ function hasTool(tool: Tool): boolean {
   return tool.file ? existsSync(tool.file) : hasCommand(tool.command!);
 }
 
+/**
+ * apt runs synchronously, which blocks the test worker's event loop so that no
+ * vitest timeout can fire: the command must end by itself (a stalled mirror or
+ * a dpkg lock held by another run would otherwise hang the file for ever).
+ */
+export const APT_OPTIONS = { timeout: 600_000, killSignal: 'SIGKILL' } as const;
+/** Waits (bounded) for another apt/dpkg run holding the lock instead of failing at once. */
+const LOCK_WAIT = ['-o', 'DPkg::Lock::Timeout=300'];
+
 let aptUpdated = false;
 
 /** Installs the packages of the missing tools; throws when any stays missing. */
@@ -56,10 +65,10 @@ export function ensureTools(...tools: Tool[]): void {
   const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
   try {
     if (!aptUpdated) {
-      execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
+      execFileSync('apt-get', ['update', '-qq', ...LOCK_WAIT], { stdio: 'inherit', env, ...APT_OPTIONS });
       aptUpdated = true;
     }
-    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...packages], { stdio: 'inherit', env });
+    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...LOCK_WAIT, ...packages], { stdio: 'inherit', env, ...APT_OPTIONS });
   } catch (error) {
     throw new Error(`could not install ${packages.join(', ')} with apt-get: ${(error as Error).message}`);
   }

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { openContentStore } from '../../src/build/source.ts';
 import { readNewcArchive, type CpioRecord } from '../../src/cpio/reader.ts';
 import { InputError, RampackError, VerificationError } from '../../src/errors.ts';
@@ -40,7 +41,7 @@ function skopeoCopy(from: string, to: string): void {
 }
 
 async function resolveFrom(reference: string): Promise<{ image: ResolvedImage; store: Awaited<ReturnType<typeof openContentStore>> }> {
-  const store = await openContentStore(reference, { cacheDir: mkdtempSync(join(work, 'cache-')) });
+  const store = await openContentStore(reference, { cache: new Cache(mkdtempSync(join(work, 'cache-'))) });
   return { image: await resolveImage(store, 'x86_64'), store };
 }
 

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { InputError, VerificationError } from '../../src/errors.ts';
 import { flattenLayers, type FlattenResult } from '../../src/layers/flatten.ts';
 import type { LayerEntry } from '../../src/layers/tar-index.ts';
@@ -37,7 +38,7 @@ async function layerBlob(entries: TarEntrySpec[], encode: Encoder = gzipSync): P
   const blobPath = join(workDir, `blob-${blobCount++}`);
   await writeFile(blobPath, blob);
   const descriptor = { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha256Digest(blob), size: blob.length };
-  return { blob: blobPath, descriptor, diffId: sha256Digest(tar), cacheDir };
+  return { blob: blobPath, descriptor, diffId: sha256Digest(tar), cache: new Cache(cacheDir) };
 }
 
 async function layer(entries: TarEntrySpec[], encode?: Encoder): Promise<UnpackedLayer> {

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { DownloadRestartedError, RegistryError, VerificationError } from '../../src/errors.ts';
 import { BlobCache, type PartialBlob } from '../../src/registry/cache.ts';
 import { CacheDownload } from '../../src/registry/follow.ts';
@@ -28,7 +29,7 @@ afterAll(async () => {
 
 /** A download of `content` into a fresh cache, whose writing `fill` drives; `digest` defaults to the content's. */
 async function download(content: Buffer, fill: (blob: PartialBlob) => Promise<void>, digest = sha256Digest(content)): Promise<CacheDownload> {
-  const cache = new BlobCache(await mkdtemp(join(work, 'cache-')));
+  const cache = new BlobCache(new Cache(await mkdtemp(join(work, 'cache-'))));
   return new CacheDownload(`blob ${digest}`, (writing) =>
     cache.write(digest, content.length, async (blob) => {
       writing(blob);

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { newcArchive } from '../../src/cpio/writer.ts';
 import { RampackError } from '../../src/errors.ts';
 import { OciLayoutStore, parseOciLayoutReference } from '../../src/image/oci-layout.ts';
@@ -211,7 +212,7 @@ describe('random and mutated tar layers', () => {
           const blobPath = join(blobs, `${index}-${position}`);
           await writeFile(blobPath, blob);
           const descriptor = { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha256Digest(blob), size: blob.length };
-          unpacked.push(await unpackLayer({ blob: blobPath, descriptor, diffId: sha256Digest(tar), cacheDir }));
+          unpacked.push(await unpackLayer({ blob: blobPath, descriptor, diffId: sha256Digest(tar), cache: new Cache(cacheDir) }));
         }
         await archiveLayers(unpacked);
       });
@@ -314,7 +315,7 @@ describe('mutated OCI layout documents', () => {
         const layers: UnpackedLayer[] = [];
         for (const [position, descriptor] of image.layers.entries()) {
           const blobPath = await store.blobPath(descriptor);
-          layers.push(await unpackLayer({ blob: blobPath, descriptor, diffId: image.config.rootfs.diff_ids[position]!, cacheDir }));
+          layers.push(await unpackLayer({ blob: blobPath, descriptor, diffId: image.config.rootfs.diff_ids[position]!, cache: new Cache(cacheDir) }));
         }
         await archiveLayers(layers);
       });

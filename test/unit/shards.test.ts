@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { imageArchive, shardEntries, shardJobs, shardKeys, writeInitramfs, type ArchiveSettings } from '../../src/build/archive.ts';
 import { ShardWorkers } from '../../src/build/shard-workers.ts';
 import { readNewcArchive } from '../../src/cpio/reader.ts';
@@ -104,11 +105,11 @@ describe('shards and the deflate implementation', () => {
     const settings: ArchiveSettings = { compression: 'gzip', shardBytes: 16 * 1024 };
     /** A build's initramfs, its image part written by worker threads (which see RAMPACK_DEFLATE as it is now) or taken from the cache. */
     const build = async () => {
-      const workers = new ShardWorkers(cacheDir);
+      const workers = new ShardWorkers(new Cache(cacheDir));
       try {
-        const part = await imageArchive(entries, settings, cacheDir, workers, () => {});
+        const part = await imageArchive(entries, settings, new Cache(cacheDir), workers, () => {});
         const output = join(cacheDir, 'initramfs.cpio.gz');
-        await writeInitramfs(output, part, [], settings, cacheDir);
+        await writeInitramfs(output, part, [], settings, new Cache(cacheDir));
         return { fromCache: part.fromCache, shards: part.parts.length, bytes: await readFile(output) };
       } finally {
         await workers.close();
@@ -144,12 +145,12 @@ describe('a shard holding a file bigger than a worker buffer', () => {
       { path: 'opt/big', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1, data: big },
       small('opt/z'),
     ];
-    const workers = new ShardWorkers(cacheDir);
+    const workers = new ShardWorkers(new Cache(cacheDir));
     try {
       const settings: ArchiveSettings = { compression: 'zstd' };
-      const part = await imageArchive(entries, settings, cacheDir, workers, () => {});
+      const part = await imageArchive(entries, settings, new Cache(cacheDir), workers, () => {});
       const output = join(cacheDir, 'initramfs.cpio.zst');
-      await writeInitramfs(output, part, [], settings, cacheDir);
+      await writeInitramfs(output, part, [], settings, new Cache(cacheDir));
       const records = [];
       for await (const record of readNewcArchive(Readable.from([decompressedInitramfs(output)]))) records.push(record);
       expect(records.map((record) => record.name)).toEqual(['opt', 'opt/a', 'opt/big', 'opt/z']);
@@ -166,7 +167,7 @@ describe('shard jobs', () => {
     const cacheDir = await mkdtemp(join(tmpdir(), 'rampack-shards-'));
     const directory = (path: string): TreeEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1 });
     const many = Array.from({ length: 300_000 }, (_, index) => directory(`d${index}`));
-    const workers = new ShardWorkers(cacheDir);
+    const workers = new ShardWorkers(new Cache(cacheDir));
     try {
       const jobs = await shardJobs([many, [directory('last')]], ['k1', 'k2'], { compression: 'gzip' }, workers);
       expect(jobs.map((job) => job.presentDirectories.length)).toEqual([0, 300_000]);

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { readNewcArchive } from '../../src/cpio/reader.ts';
 import { InputError } from '../../src/errors.ts';
 import { newcArchive, planNewcArchive } from '../../src/cpio/writer.ts';
@@ -57,7 +58,7 @@ async function unpackTar(tar: Buffer, name: string): Promise<UnpackedLayer> {
   const blob = join(work, `${name}.blob`);
   await writeFile(blob, tar);
   const descriptor = { mediaType: 'application/vnd.oci.image.layer.v1.tar', digest: sha256Digest(tar), size: tar.length };
-  return unpackLayer({ blob, descriptor, diffId: sha256Digest(tar), cacheDir: join(work, 'cache') });
+  return unpackLayer({ blob, descriptor, diffId: sha256Digest(tar), cache: new Cache(join(work, 'cache')) });
 }
 
 describe('sparse files written by GNU tar and bsdtar', () => {

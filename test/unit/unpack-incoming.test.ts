@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { setTimeout } from 'node:timers/promises';
 import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Cache } from '../../src/cache/cache.ts';
 import { DownloadRestartedError, InputError, VerificationError } from '../../src/errors.ts';
 import type { IncomingBlob } from '../../src/image/source.ts';
 import { unpackLayer, type UnpackLayerOptions } from '../../src/layers/unpack.ts';
@@ -39,7 +40,7 @@ async function layerFile(encode: (tar: Buffer) => Buffer, damage: (blob: Buffer)
   const path = join(work, `blob-${files++}`);
   await writeFile(path, bytes);
   const descriptor = { mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha256Digest(bytes), size: bytes.length };
-  const options: UnpackLayerOptions = { blob: path, descriptor, diffId: sha256Digest(tar), cacheDir: await mkdtemp(join(work, 'cache-')) };
+  const options: UnpackLayerOptions = { blob: path, descriptor, diffId: sha256Digest(tar), cache: new Cache(await mkdtemp(join(work, 'cache-'))) };
   return { bytes, path, options };
 }
 
@@ -60,7 +61,7 @@ function incoming(bytes: Buffer, path: Promise<string>, end: () => Promise<unkno
 }
 
 async function layerCacheFiles(options: UnpackLayerOptions): Promise<string[]> {
-  return readdir(join(options.cacheDir, 'layers', 'sha256')).catch(() => []);
+  return readdir(options.cache.folder('layers')).catch(() => []);
 }
 
 describe('unpacking a layer as it arrives', () => {
@@ -68,7 +69,7 @@ describe('unpacking a layer as it arrives', () => {
     it(`gives the same layer as its file (${codec})`, async () => {
       const { bytes, path, options } = await layerFile(encode);
       const fromFile = await unpackLayer(options);
-      const arriving = { ...options, cacheDir: await mkdtemp(join(work, 'cache-')) };
+      const arriving = { ...options, cache: new Cache(await mkdtemp(join(work, 'cache-'))) };
       const followed = await unpackLayer({ ...arriving, blob: incoming(bytes, Promise.resolve(path)) });
       expect(followed.entries).toEqual(fromFile.entries);
       expect((await readFile(followed.tarPath)).equals(await readFile(fromFile.tarPath))).toBe(true);
@@ -78,7 +79,7 @@ describe('unpacking a layer as it arrives', () => {
   it('unpacks the complete file when the download started over after bytes were read', async () => {
     const { bytes, path, options } = await layerFile(gzipSync);
     const restarted = () => Promise.reject(new DownloadRestartedError('the download started over'));
-    const fromFile = await unpackLayer({ ...options, cacheDir: await mkdtemp(join(work, 'cache-')) });
+    const fromFile = await unpackLayer({ ...options, cache: new Cache(await mkdtemp(join(work, 'cache-'))) });
     const unpacked = await unpackLayer({ ...options, blob: incoming(bytes.subarray(0, bytes.length / 2), Promise.resolve(path), restarted) });
     expect(unpacked.entries).toEqual(fromFile.entries);
     expect((await readFile(unpacked.tarPath)).equals(await readFile(fromFile.tarPath))).toBe(true);
