@@ -6,7 +6,6 @@
  * ahead from a prediction while layers unpack (speculate.ts).
  */
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { checkAgentBinary } from '../agent/elf.ts';
 import { injectAgent, type DroppedXattr, type InjectedTree } from '../agent/inject.ts';
@@ -22,6 +21,7 @@ import type { BuildTarget } from '../recipe/recipe.ts';
 import { applyTreeOptions, extraFileReader } from '../recipe/tree-options.ts';
 import { dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
 import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
+import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import { formatBytes, silentLogger, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
 import { imageArchive, writeInitramfs, type ImageArchive, type WrittenInitramfs } from './archive.ts';
 import { ShardWorkers } from './shard-workers.ts';
@@ -46,13 +46,7 @@ async function readAgent(target: BuildTarget): Promise<Buffer> {
       hint: 'set agent in the recipe or pass --agent FILE',
     });
   }
-  try {
-    return await readFile(target.agent);
-  } catch (error) {
-    throw new InputError(`cannot read agent ${target.agent} for ${target.arch}: ${(error as NodeJS.ErrnoException).code ?? error}`, {
-      hint: 'build the agent first, or point the recipe or --agent at it',
-    });
-  }
+  return readInputFile(target.agent, `${target.arch} agent`, INPUT_FILE_LIMITS.agent, 'build the agent first, or point the recipe or --agent at it');
 }
 
 export function outputFileName(target: Pick<BuildTarget, 'language' | 'version' | 'arch' | 'compression'>): string {

@@ -7,12 +7,13 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { createDecompressor, detectCompression, isCorruptStreamError, type Compression } from '../compress/index.ts';
 import { CRC_MAGIC, decodeHeaderFields, entryTypeOf, HEADER_SIZE, NEWC_MAGIC, paddingFor, TRAILER_NAME } from '../cpio/newc.ts';
 import { readNewcArchive, type CpioRecord } from '../cpio/reader.ts';
 import { InputError, RampackError } from '../errors.ts';
 import type { EntryType } from '../tree/entry.ts';
+import { openInputFile } from '../util/input-file.ts';
 import { largestFiles, sizeByDirectory, type DirectorySize, type SizedFile } from './size.ts';
 
 export const AGENT_PATH = '/init';
@@ -157,11 +158,9 @@ function fileError(file: string, error: unknown): never {
 
 /** Reads every entry of an initramfs file, streamed (contents hashed, not kept, but for image.json). */
 export async function readInitramfs(file: string): Promise<InitramfsContents> {
-  const handle = await open(file).catch((error: NodeJS.ErrnoException) => {
-    throw new InputError(`cannot read ${file}: ${error.code ?? error.message}`, { hint: 'pass an initramfs file, or an image reference' });
-  });
+  const { handle, size } = await openInputFile(file, 'initramfs', undefined, 'pass an initramfs file, or an image reference');
   try {
-    const positional = new PositionalFile(handle, (await handle.stat()).size);
+    const positional = new PositionalFile(handle, size);
     const plainEnd = await plainArchivesEnd(positional);
     const codec = plainEnd < positional.size ? detectCompression(await positional.read(plainEnd, 4)) : undefined;
     const compression: Compression[] = [...(plainEnd > 0 ? ['none' as const] : []), ...(codec && codec !== 'none' ? [codec] : [])];

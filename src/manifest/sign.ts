@@ -5,10 +5,11 @@
  * crypto library read.
  */
 import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import { InputError, UsageError, VerificationError } from '../errors.ts';
 import { writeFileAtomically } from '../util/atomic.ts';
 import { sha256Digest } from '../util/digest.ts';
+import { INPUT_FILE_LIMITS, readInputFile, readInputText } from '../util/input-file.ts';
 
 export const SIGNATURE_SUFFIX = '.sig';
 export const SIGNING_KEY_ENV = 'RAMPACK_SIGNING_KEY';
@@ -44,10 +45,8 @@ export function keyId(key: KeyObject): string {
   return sha256Digest(publicKey.export({ type: 'spki', format: 'der' }));
 }
 
-async function readKeyFile(file: string): Promise<string> {
-  return readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
-    throw new InputError(`cannot read key ${file}: ${error.code ?? error.message}`);
-  });
+function readKeyFile(file: string): Promise<string> {
+  return readInputText(file, 'key', INPUT_FILE_LIMITS.key);
 }
 
 /** The signing key: --key FILE, else the PEM text in $RAMPACK_SIGNING_KEY. */
@@ -100,7 +99,7 @@ export function verifySignature(bytes: Buffer, signatureText: string, publicKey:
 /** Signs a manifest file in place: writes FILE.sig atomically. */
 export async function signManifestFile(path: string, privateKey: KeyObject): Promise<string> {
   const signaturePath = `${path}${SIGNATURE_SUFFIX}`;
-  await writeFileAtomically(signaturePath, serializeSignature(signBytes(await readFile(path), privateKey)));
+  await writeFileAtomically(signaturePath, serializeSignature(signBytes(await readInputFile(path, 'manifest', INPUT_FILE_LIMITS.manifest), privateKey)));
   return signaturePath;
 }
 

@@ -5,11 +5,12 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { dirname, relative, resolve, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { KeyObject } from 'node:crypto';
 import { VerificationError } from '../errors.ts';
+import { INPUT_FILE_LIMITS, isMissingFile, readInputText } from '../util/input-file.ts';
 import { loadManifest, type ManifestImage } from './manifest.ts';
 import { SIGNATURE_SUFFIX, verifySignature } from './sign.ts';
 
@@ -62,7 +63,8 @@ export async function verifyManifest(manifestPath: string, publicKey?: KeyObject
   const { manifest, bytes } = await loadManifest(manifestPath);
   if (publicKey) {
     const signaturePath = `${manifestPath}${SIGNATURE_SUFFIX}`;
-    const signature = await readFile(signaturePath, 'utf8').catch(() => {
+    const signature = await readInputText(signaturePath, 'signature', INPUT_FILE_LIMITS.signature).catch((error: unknown) => {
+      if (!isMissingFile(error)) throw error;
       throw new VerificationError(`manifest ${manifestPath} has no signature ${signaturePath}`, { hint: 'sign it with `rampack manifest sign`' });
     });
     verifySignature(bytes, signature, publicKey, `manifest ${manifestPath}`);
