@@ -110,10 +110,20 @@ interface ComposedTree {
 
 type ComposeTree = (layers: UnpackedLayer[], log: Logger) => Promise<ComposedTree>;
 
+/** The image's layers flattened; a refused layer is named with its image, as a digest alone says little. */
+function flattenImage(layers: UnpackedLayer[], image: ResolvedImage): FlattenResult {
+  try {
+    return flattenLayers(layers);
+  } catch (error) {
+    if (!(error instanceof InputError)) throw error;
+    throw new InputError(`image ${image.reference}: ${error.message}`, { hint: error.hint, cause: error });
+  }
+}
+
 function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, agentSha256: string, mtime: number, label: string): ComposeTree {
   const read = extraFileReader(target.origin);
   return async (layers, log) => {
-    const flat = flattenLayers(layers);
+    const flat = flattenImage(layers, image);
     const tree = await applyTreeOptions(flat.entries, target, { mtime, log, label, read });
     const injected = injectAgent(tree, {
       image,

@@ -8,12 +8,13 @@ import { UsageError } from '../errors.ts';
 import { parseByteSize } from '../inspect/size.ts';
 import { parseImageReference } from '../image/reference.ts';
 import { ARCHES, type Arch } from '../image/source.ts';
-import { fragmentPath, MANIFEST_FILE, mergeImages, readManifest, writeFragment, writeManifest, type ManifestImage } from '../manifest/manifest.ts';
+import { FRAGMENTS_DIR, fragmentPath, MANIFEST_FILE, mergeImages, readManifest, writeFragment, writeManifest, type ManifestImage } from '../manifest/manifest.ts';
 import { withPulledAgent } from '../recipe/agent-image.ts';
 import { inputDigest, selectCells } from '../recipe/plan.ts';
 import { checkFlagValue, loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from '../recipe/recipe.ts';
 import { defaultCacheDir } from '../registry/cache.ts';
 import { loadConfigMirrors, mergeMirrors, mirrorsFromFlags } from '../registry/mirrors.ts';
+import { prepareOutputDirectory, removeStaleTemporaries } from '../util/atomic.ts';
 import { createOutput } from './progress.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
@@ -124,9 +125,15 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   if (sourceDateEpoch !== undefined && !Number.isInteger(sourceDateEpoch)) {
     throw new UsageError(`SOURCE_DATE_EPOCH must be whole seconds, not "${process.env.SOURCE_DATE_EPOCH}"`);
   }
+  const cacheDir = resolve(flags.cache ?? defaultCacheDir());
+  await prepareOutputDirectory(outDir, '--out');
+  await prepareOutputDirectory(cacheDir, '--cache');
+  for (const dir of [outDir, join(outDir, FRAGMENTS_DIR)]) {
+    for (const name of await removeStaleTemporaries(dir)) log.debug(`removed ${join(dir, name)}, left by a build that was stopped while writing`);
+  }
   const options: BuildOptions = {
     outDir,
-    cacheDir: resolve(flags.cache ?? defaultCacheDir()),
+    cacheDir,
     log,
     sourceDateEpoch,
     shardBytes: flags.shardSize,

@@ -27,6 +27,7 @@
  * - Mode keeps setuid, setgid and sticky bits; symlinks get 0777, the mode
  *   Linux always reports for them. uid/gid are numeric; mtime whole seconds.
  */
+import { MAX_U32 } from '../cpio/newc.ts';
 import { InputError } from '../errors.ts';
 import { displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import type { LayerEntry } from './tar-index.ts';
@@ -128,6 +129,7 @@ class TreeBuilder {
   }
 
   private add(entry: LayerEntry, context: LayerContext): void {
+    checkOwner(entry, context);
     const node = entry.type === 'hardlink' ? this.linkedNode(entry, context) : this.newNode(entry, context.layer.tarPath);
     const parent = parentPath(entry.path);
     const directory = this.lastParent?.path === parent ? this.lastParent.directory : this.resolveDirectory(parent, context, entry);
@@ -220,6 +222,15 @@ class TreeBuilder {
       trail.push({ name, node: child });
     }
     return { node: trail.at(-1)?.node ?? this.root, path: trail.map((step) => step.name).join('/') };
+  }
+}
+
+/** An owner newc cannot hold is refused here, where the layer that holds it is known. */
+function checkOwner(entry: LayerEntry, context: LayerContext): void {
+  for (const [field, value] of [['uid', entry.uid], ['gid', entry.gid]] as const) {
+    if (!Number.isSafeInteger(value) || value < 0 || value > MAX_U32) {
+      throw context.error(`${field} ${value} of "${displayPath(entry.path)}" does not fit in newc's 32-bit field`);
+    }
   }
 }
 
