@@ -38,13 +38,23 @@ function acceptDebugEverywhere(cli: Command): Command {
   return cli;
 }
 
+/**
+ * commander's own errors ("unknown option '...'") echo what was typed: they go
+ * through the same formatter as rampack's, so a value cannot break or flood the line.
+ */
+function readableUsageErrors(command: Command): Command {
+  command.configureOutput({ outputError: (message, write) => write(`${terminalLine(message.replace(/\n$/, ''))}\n`) });
+  command.commands.forEach(readableUsageErrors);
+  return command;
+}
+
 function program(): Command {
   const cli = commands()
     .addCommand(strict(inspectCommand()))
     .addCommand(strict(diffCommand()))
     .addCommand(strict(verifyCommand()))
     .addCommand(strict(completionCommand()));
-  return acceptDebugEverywhere(cli);
+  return readableUsageErrors(acceptDebugEverywhere(cli));
 }
 
 function commands(): Command {

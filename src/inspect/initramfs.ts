@@ -69,8 +69,9 @@ class PositionalFile {
   }
 }
 
-/** Bytes looked at per read while skipping the NUL padding between archives. */
-const NUL_SCAN_BYTES = 4096;
+/** Bytes looked at per read while skipping the NUL padding between archives: a file of gigabytes of NULs is skipped at memcmp speed. */
+const NUL_SCAN_BYTES = 1024 * 1024;
+const NULS = Buffer.alloc(NUL_SCAN_BYTES);
 
 /** Where the uncompressed archives at the start of the file end (0 when it starts compressed). */
 async function plainArchivesEnd(file: PositionalFile): Promise<number> {
@@ -86,8 +87,8 @@ async function plainArchivesEnd(file: PositionalFile): Promise<number> {
 async function skipNulBytes(file: PositionalFile, start: number): Promise<number> {
   for (let offset = start; offset < file.size; offset += NUL_SCAN_BYTES) {
     const bytes = await file.read(offset, NUL_SCAN_BYTES);
-    const data = bytes.findIndex((byte) => byte !== 0);
-    if (data >= 0) return offset + data;
+    if (bytes.equals(NULS.subarray(0, bytes.length))) continue;
+    return offset + bytes.findIndex((byte) => byte !== 0);
   }
   return file.size;
 }
