@@ -87,7 +87,10 @@ class TarArchive {
     try {
       await TarArchive.refuseCompressed(handle, file);
       const indexer = new TarIndexer(`archive ${file}`);
-      for await (const chunk of handle.createReadStream({ start: 0, end: Math.max(size - 1, 0), autoClose: false }) as AsyncIterable<Buffer>) indexer.write(chunk);
+      for await (const chunk of handle.createReadStream({ start: 0, end: Math.max(size - 1, 0), autoClose: false }) as AsyncIterable<Buffer>) {
+        indexer.write(chunk);
+        if (indexer.done) break;
+      }
       return new TarArchive(file, indexer.end());
     } finally {
       await handle.close();
