@@ -200,6 +200,17 @@ describe('exit classes of user mistakes', () => {
   });
 });
 
+describe('errors that name what they are about', () => {
+  it('an owner newc cannot hold names its layer and its image', async () => {
+    const dir = join(work, 'big-uid');
+    const tar = Buffer.concat([tarHeader({ name: 'etc/owned', uid: 2 ** 33, size: 0 }), TAR_END]);
+    await writeOciLayout(dir, { layers: [{ tar, compression: 'none' }] }, '1.0');
+    const diffId = `sha256:${createHash('sha256').update(tar).digest('hex')}`;
+    const result = await build(`oci:${dir}:1.0`, join(work, 'out-uid'));
+    expectFailure(result, 3, `image oci:${dir}:1.0: layer ${diffId}: uid 8589934592 of "etc/owned" does not fit in newc's 32-bit field`);
+  });
+});
+
 describe('temporaries left by a killed build', () => {
   it('the next build removes those of dead writers (or a day old) and keeps a live writer\'s', async () => {
     const out = join(work, 'out-stale');
