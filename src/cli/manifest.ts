@@ -1,14 +1,17 @@
 /** `rampack manifest merge | sign | verify`. */
+import { resolve } from 'node:path';
 import { Command } from 'commander';
 import { loadManifest, writeManifest, mergeFragments } from '../manifest/manifest.ts';
 import { loadSigningKey, loadVerifyKey, signManifestFile } from '../manifest/sign.ts';
 import { verifyManifest } from '../manifest/verify.ts';
+import { prepareOutputFile } from '../util/atomic.ts';
 import { lineLogger } from '../util/log.ts';
 
 async function runMerge(fragments: string[], flags: { out: string }): Promise<void> {
   const loaded = [];
   for (const path of fragments) loaded.push({ path, manifest: (await loadManifest(path)).manifest });
   const merged = mergeFragments(loaded);
+  await prepareOutputFile(resolve(flags.out), '--out');
   const changed = await writeManifest(flags.out, merged);
   lineLogger().info(`${changed ? 'wrote' : 'unchanged'}: ${flags.out} (${merged.images.length} images from ${fragments.length} fragments)`);
 }

@@ -6,6 +6,7 @@ import { parseImageReference } from '../image/reference.ts';
 import { loadSigningKey, SIGNING_KEY_ENV } from '../manifest/sign.ts';
 import { publishToDirectory } from '../publish/directory.ts';
 import { publishToRegistry } from '../publish/registry.ts';
+import { prepareOutputDirectory } from '../util/atomic.ts';
 import { createOutput } from './progress.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
@@ -28,6 +29,7 @@ async function runPublish(manifest: string, flags: PublishFlags): Promise<void> 
   const output = createOutput(flags);
   const log = output.log;
   const destination = flags.registry ?? resolve(flags.to!);
+  if (flags.to) await prepareOutputDirectory(destination, '--to');
   let result: object = {};
   await output.runJobs([
     {

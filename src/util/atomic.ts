@@ -56,6 +56,14 @@ export async function prepareOutputDirectory(path: string, flag: string): Promis
   }
 }
 
+/** prepareOutputDirectory for the directory of an output file the user named, which must not be a directory itself. */
+export async function prepareOutputFile(path: string, flag: string): Promise<void> {
+  await prepareOutputDirectory(dirname(path), `the directory of ${flag}`);
+  if ((await lstat(path).catch(() => undefined))?.isDirectory()) {
+    throw new InputError(`${flag} ${path} is a directory`, { hint: `give ${flag} the path of a file to write` });
+  }
+}
+
 /**
  * Runs `write` against a temporary file beside `path`, then renames it into
  * place. On failure the temporary file is removed: nothing half-written is

@@ -16,6 +16,7 @@ import { copyFileSync, mkdirSync, readFileSync, truncateSync, writeFileSync } fr
 import { join, resolve } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { writeKeyPair } from '../../src/manifest/sign.ts';
 import { TERMINAL_LINE_LIMIT } from '../../src/util/log.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
 import type { Batch, BatchCase, BatchResult } from '../helpers/cli-batch.ts';
@@ -56,6 +57,10 @@ const paths = {
   sparse: join(inputs, 'sparse-10g'),
   text: join(inputs, 'text'),
   recipe: join(inputs, 'recipe.yaml'),
+  privateKey: join(inputs, 'signing.key'),
+  publicKey: join(inputs, 'signing.pub'),
+  /** Written by the first case that builds into `out`. */
+  manifest: join(out, 'manifest.json'),
 };
 
 const CONTROL = ['line\nbreak', 'esc\u001b[31mred', 'tab\tand\rcr', 'bell\u0007', 'del\u007f', 'c1\u0085', 'ls\u2028ps'];
@@ -168,8 +173,14 @@ function recipeCase(rng: Rng, index: number): string[] {
   return pick(rng, [['plan', file], ['plan', '--json', file], ['build', file, '--out', out, '--cache', cache], ['verify', '--boot', paths.text, '--recipe', file]]);
 }
 
+/** For the manifest commands: the manifest and keys that work, besides everything else. */
+const MANIFEST_PATHS = [paths.manifest, paths.manifest, ...READ_PATHS];
+const KEY_PATHS = [paths.privateKey, paths.publicKey, ...READ_PATHS];
+
 function otherCase(rng: Rng): string[] {
   const read = () => pick(rng, READ_PATHS);
+  const manifest = () => pick(rng, MANIFEST_PATHS);
+  const key = () => pick(rng, KEY_PATHS);
   const write = () => pick(rng, WRITE_PATHS);
   return pick(rng, [
     () => ['inspect', pick(rng, [...INITRAMFS_PATHS, `oci:${read()}`, `oci:${layout}:${pick(rng, NAMES)}`, `oci-archive:${read()}`]), '--top', pick(rng, NUMBERS), '--cache', cache],
@@ -178,10 +189,11 @@ function otherCase(rng: Rng): string[] {
     // Not relative paths: an earlier case may have built an image there, and booting it is not this test's business.
     () => ['verify', '--boot', pick(rng, INITRAMFS_PATHS), '--memory', pick(rng, NUMBERS), '--timeout', pick(rng, NUMBERS), '--smoke', anyValue(rng), '--cache', cache],
     () => ['verify', pick(rng, INITRAMFS_PATHS), '--arch', pick(rng, ARCHES), '--kernel', anyValue(rng), '--cache', cache],
-    () => ['manifest', 'merge', read(), read(), '--out', write()],
-    () => ['manifest', 'sign', read(), '--key', read()],
-    () => ['manifest', 'verify', read(), '--key', read()],
-    () => ['publish', read(), '--to', write(), ...(rng() < 0.5 ? ['--key', read()] : []), ...(rng() < 0.3 ? ['--prune'] : [])],
+    () => ['manifest', 'merge', manifest(), manifest(), '--out', write()],
+    () => ['manifest', 'sign', manifest(), '--key', key()],
+    () => ['manifest', 'verify', manifest(), ...(rng() < 0.7 ? ['--key', key()] : [])],
+    () => ['publish', manifest(), '--to', write(), ...(rng() < 0.5 ? ['--key', key()] : []), ...(rng() < 0.3 ? ['--prune'] : [])],
+    () => ['build', pick(rng, [inputs, join(inputs, 'recipes'), paths.dir, ...READ_PATHS]), '--out', out, '--cache', cache, '--only', pick(rng, NAMES)],
     () => ['keygen', '--private', write(), '--public', write()],
     () => ['plan', read()],
     () => ['completion', anyValue(rng)],
@@ -236,6 +248,7 @@ beforeAll(async () => {
   truncateSync(paths.sparse, 10 * 1024 ** 3);
   writeFileSync(paths.text, 'some text\n');
   writeFileSync(paths.recipe, stringify(VALID_RECIPE()));
+  await writeKeyPair(paths.privateKey, paths.publicKey);
 }, 120_000);
 
 describe('the command line under hostile input', () => {
@@ -245,7 +258,9 @@ describe('the command line under hostile input', () => {
     const cases: BatchCase[] = Array.from({ length: CASES }, (_, index) => {
       const kind = rng();
       const args = kind < 0.35 ? buildCase(rng) : kind < 0.6 ? recipeCase(rng, index) : otherCase(rng);
-      return { args, cwd, env: rng() < 0.1 ? { ...env, SOURCE_DATE_EPOCH: pick(rng, NUMBERS) } : env };
+      const odd = rng();
+      const oddEnv: Record<string, string> = odd < 0.05 ? { SOURCE_DATE_EPOCH: pick(rng, NUMBERS) } : odd < 0.1 ? { RAMPACK_SIGNING_KEY: pick(rng, [...RELATIVE.slice(0, 12), '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----']) } : {};
+      return { args, cwd, env: { ...env, ...oddEnv } };
     });
     const batch: Batch = { cases, watch: top, skip: [cache, join(inputs, 'layout')] };
     const batchFile = join(top, 'batch.json');

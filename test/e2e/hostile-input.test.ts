@@ -166,6 +166,16 @@ describe('exit classes of user mistakes', () => {
     expectFailure(cached, 3, `--cache ${file} is (or is inside) a file`);
   });
 
+  it('publish --to or manifest merge --out naming the wrong kind of path is an input error', async () => {
+    const out = join(work, 'out-publish');
+    expect((await build(`oci:${layout}:1.0`, out)).code).toBe(0);
+    const file = join(work, 'a-file');
+    writeFileSync(file, 'not a directory');
+    const manifest = join(out, 'manifest.json');
+    expectFailure(await runRampack(['publish', manifest, '--to', join(file, 'site')]), 3, `--to ${join(file, 'site')} is (or is inside) a file`);
+    expectFailure(await runRampack(['manifest', 'merge', manifest, '--out', work]), 3, `--out ${work} is a directory`);
+  });
+
   it.each([
     ['--language', '../../escaped', '../../escaped'],
     ['--language', '/abs', '/abs'],
