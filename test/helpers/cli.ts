@@ -24,6 +24,8 @@ export function runRampack(args: string[], options: { cwd?: string; env?: NodeJS
     child.stderr.on('data', (chunk) => (stderr += chunk));
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, stdout, stderr }));
+    // A CLI that refuses its arguments may exit before it reads its input: that is no error of the test's.
+    child.stdin.on('error', (error: NodeJS.ErrnoException) => error.code === 'EPIPE' || reject(error));
     child.stdin.end(options.input ?? '');
   });
 }
