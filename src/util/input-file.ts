@@ -13,7 +13,7 @@ import { formatBytes } from './log.ts';
 
 const MiB = 1024 * 1024;
 
-/** Largest accepted size of each kind of input file (docs/cli.md, "Input files"). */
+/** Largest accepted size of each kind of input file (docs/cli.md, LIMITS). */
 export const INPUT_FILE_LIMITS = {
   /** Agents are static binaries of a few MiB; read whole to check their ELF header and hash them. */
   agent: 256 * MiB,
@@ -83,7 +83,7 @@ export function isMissingFile(error: unknown): boolean {
 function tooLarge(path: string, what: string, limit: number, size?: number): InputError {
   const how = size === undefined ? 'grew past' : `is ${formatBytes(size)}, over`;
   return new InputError(`${what} ${path} ${how} the size limit of ${formatBytes(limit)}`, {
-    hint: `rampack reads at most ${formatBytes(limit)} as the ${what} (docs/cli.md, "Input files")`,
+    hint: `rampack reads at most ${formatBytes(limit)} as the ${what} (docs/cli.md, LIMITS)`,
   });
 }
 
