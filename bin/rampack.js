@@ -32,4 +32,5 @@ if (!existsSync(entry)) {
   process.stderr.write('rampack: error: dist/ is missing; run `npm run build` in the rampack checkout\n');
   process.exit(1);
 }
-await import(entry.href);
+const { run } = await import(entry.href);
+await run(process.argv.slice(2));

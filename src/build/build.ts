@@ -6,7 +6,6 @@
  * ahead from a prediction while layers unpack (speculate.ts).
  */
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { checkAgentBinary } from '../agent/elf.ts';
 import { injectAgent, type DroppedXattr, type InjectedTree } from '../agent/inject.ts';
@@ -22,6 +21,7 @@ import type { BuildTarget } from '../recipe/recipe.ts';
 import { applyTreeOptions, extraFileReader } from '../recipe/tree-options.ts';
 import { dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
 import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
+import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import { formatBytes, silentLogger, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
 import { imageArchive, writeInitramfs, type ImageArchive, type WrittenInitramfs } from './archive.ts';
 import { ShardWorkers } from './shard-workers.ts';
@@ -45,13 +45,7 @@ async function readAgent(target: BuildTarget): Promise<Buffer> {
       hint: 'set agent in the recipe or pass --agent FILE',
     });
   }
-  try {
-    return await readFile(target.agent);
-  } catch (error) {
-    throw new InputError(`cannot read agent ${target.agent} for ${target.arch}: ${(error as NodeJS.ErrnoException).code ?? error}`, {
-      hint: 'build the agent first, or point the recipe or --agent at it',
-    });
-  }
+  return readInputFile(target.agent, `${target.arch} agent`, INPUT_FILE_LIMITS.agent, 'build the agent first, or point the recipe or --agent at it');
 }
 
 export function outputFileName(target: Pick<BuildTarget, 'language' | 'version' | 'arch' | 'compression'>): string {
@@ -117,10 +111,20 @@ interface ComposedTree {
 
 type ComposeTree = (layers: UnpackedLayer[], log: Logger) => Promise<ComposedTree>;
 
+/** The image's layers flattened; a refused layer is named with its image, as a digest alone says little. */
+function flattenImage(layers: UnpackedLayer[], image: ResolvedImage): FlattenResult {
+  try {
+    return flattenLayers(layers);
+  } catch (error) {
+    if (!(error instanceof InputError)) throw error;
+    throw new InputError(`image ${image.reference}: ${error.message}`, { hint: error.hint, cause: error });
+  }
+}
+
 function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, agentSha256: string, mtime: number, label: string): ComposeTree {
   const read = extraFileReader(target.origin);
   return async (layers, log) => {
-    const flat = flattenLayers(layers);
+    const flat = flattenImage(layers, image);
     const tree = await applyTreeOptions(flat.entries, target, { mtime, log, label, read });
     const injected = injectAgent(tree, {
       image,

@@ -10,11 +10,12 @@ import { UsageError } from '../errors.ts';
 import { parseByteSize } from '../inspect/size.ts';
 import { parseImageReference } from '../image/reference.ts';
 import { ARCHES, type Arch } from '../image/source.ts';
-import { fragmentPath, MANIFEST_FILE, mergeImages, readManifest, writeFragment, writeManifest, type ManifestImage } from '../manifest/manifest.ts';
+import { FRAGMENTS_DIR, fragmentPath, MANIFEST_FILE, mergeImages, readManifest, writeFragment, writeManifest, type ManifestImage } from '../manifest/manifest.ts';
 import { withPulledAgent } from '../recipe/agent-image.ts';
 import { inputDigest, selectCells } from '../recipe/plan.ts';
-import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from '../recipe/recipe.ts';
+import { checkFlagValue, loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from '../recipe/recipe.ts';
 import { loadConfigMirrors, mergeMirrors, mirrorsFromFlags } from '../registry/mirrors.ts';
+import { prepareOutputDirectory, removeStaleTemporaries } from '../util/atomic.ts';
 import { createOutput } from './progress.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
@@ -55,12 +56,19 @@ function parseShardSize(text: string): number {
 }
 
 function collect(value: string, previous: string[]): string[] {
-  if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(value)) throw new UsageError(`--env takes KEY=VALUE, not "${value}"`);
   return [...previous, value];
 }
 
+/** Flags that set what recipe fields set pass the recipe schema's rules for those fields. */
+async function checkFieldFlags(flags: BuildFlags): Promise<void> {
+  if (flags.language !== undefined) await checkFlagValue('--language', flags.language);
+  if (flags.version !== undefined) await checkFlagValue('--version', flags.version);
+  for (const variable of flags.env) await checkFlagValue('--env', variable);
+  if (flags.level !== undefined) await checkFlagValue('--level', flags.level);
+}
+
 /** A target from --image and friends; language and version default from the reference. */
-function flagTarget(flags: BuildFlags): BuildTarget {
+async function flagTarget(flags: BuildFlags): Promise<BuildTarget> {
   const image = flags.image!;
   const registryRef = isLocalSource(image) ? undefined : parseImageReference(image);
   const language = flags.language ?? registryRef?.repository.split('/').pop();
@@ -68,6 +76,9 @@ function flagTarget(flags: BuildFlags): BuildTarget {
   if (!language || !version) {
     throw new UsageError(`cannot tell the language and version of ${image}`, { hint: 'pass --language NAME --version V' });
   }
+  // Taken from the reference, they become file names and manifest keys as much as the flags would.
+  await checkFlagValue('--language', language, `language from ${image}`);
+  await checkFlagValue('--version', version, `version from ${image}`);
   return {
     language,
     version,
@@ -106,17 +117,24 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   if (paths.length > 0 === Boolean(flags.image)) {
     throw new UsageError('give recipe files or directories, or --image REF --agent FILE, but not both');
   }
+  await checkFieldFlags(flags);
   const output = createOutput(flags);
   const log = output.log;
-  const targets = selectCells(flags.image ? [flagTarget(flags)] : await recipeTargetsFrom(paths, flags), flags.only);
+  const targets = selectCells(flags.image ? [await flagTarget(flags)] : await recipeTargetsFrom(paths, flags), flags.only);
   const outDir = resolve(flags.out);
   const sourceDateEpoch = process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : undefined;
   if (sourceDateEpoch !== undefined && !Number.isInteger(sourceDateEpoch)) {
     throw new UsageError(`SOURCE_DATE_EPOCH must be whole seconds, not "${process.env.SOURCE_DATE_EPOCH}"`);
   }
+  const cache = new Cache(flags.cache, log);
+  await prepareOutputDirectory(outDir, '--out');
+  await prepareOutputDirectory(cache.root, '--cache');
+  for (const dir of [outDir, join(outDir, FRAGMENTS_DIR)]) {
+    for (const name of await removeStaleTemporaries(dir)) log.debug(`removed ${join(dir, name)}, left by a build that was stopped while writing`);
+  }
   const options: BuildOptions = {
     outDir,
-    cache: new Cache(flags.cache, log),
+    cache,
     log,
     sourceDateEpoch,
     shardBytes: flags.shardSize,

@@ -3,6 +3,8 @@ import { stat } from 'node:fs/promises';
 import { Command } from 'commander';
 import { Cache } from '../cache/cache.ts';
 import { withCacheLease } from '../cache/lease.ts';
+import { isLocalSource } from '../build/source.ts';
+import { parseImageReference } from '../image/reference.ts';
 import { UsageError } from '../errors.ts';
 import { inspectImage, type ImageInspection } from '../inspect/image.ts';
 import { readInitramfs, summarize, type InitramfsSummary } from '../inspect/initramfs.ts';
@@ -85,6 +87,8 @@ async function runInspect(target: string, flags: InspectFlags): Promise<void> {
     else printLines(initramfsReport(summary));
     return;
   }
+  // A reference that cannot name an image is refused before the cache is touched.
+  if (!isLocalSource(target)) parseImageReference(target);
   const log = lineLogger({ quiet: true });
   const cache = new Cache(flags.cache, log);
   const inspection = await withCacheLease(cache, async () => inspectImage(target, { cache, log, ...(await registryOptionsFrom(flags)) }));

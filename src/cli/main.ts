@@ -4,6 +4,7 @@ import { Command, CommanderError } from 'commander';
 import { ExitCode, RampackError } from '../errors.ts';
 import { closeTransports } from '../registry/transport.ts';
 import { TOOL_VERSION } from '../version.ts';
+import { terminalLine } from '../util/log.ts';
 import { buildCommand } from './build.ts';
 import { cacheCommand } from './cache.ts';
 import { completionCommand } from './completion.ts';
@@ -38,13 +39,23 @@ function acceptDebugEverywhere(cli: Command): Command {
   return cli;
 }
 
+/**
+ * commander's own errors ("unknown option '...'") echo what was typed: they go
+ * through the same formatter as rampack's, so a value cannot break or flood the line.
+ */
+function readableUsageErrors(command: Command): Command {
+  command.configureOutput({ outputError: (message, write) => write(`${terminalLine(message.replace(/\n$/, ''))}\n`) });
+  command.commands.forEach(readableUsageErrors);
+  return command;
+}
+
 function program(): Command {
   const cli = commands()
     .addCommand(strict(inspectCommand()))
     .addCommand(strict(diffCommand()))
     .addCommand(strict(verifyCommand()))
     .addCommand(strict(completionCommand()));
-  return acceptDebugEverywhere(cli);
+  return readableUsageErrors(acceptDebugEverywhere(cli));
 }
 
 function commands(): Command {
@@ -67,13 +78,13 @@ function report(error: unknown, debug: boolean): number {
     return error.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
   }
   if (error instanceof RampackError) {
-    process.stderr.write(`rampack: error: ${error.message}\n`);
-    if (error.hint) process.stderr.write(`rampack: hint: ${error.hint}\n`);
+    process.stderr.write(`rampack: error: ${terminalLine(error.message)}\n`);
+    if (error.hint) process.stderr.write(`rampack: hint: ${terminalLine(error.hint)}\n`);
     if (debug && error.stack) process.stderr.write(`${error.stack}\n`);
     return error.exitCode;
   }
   const message = error instanceof Error ? error.message : String(error);
-  process.stderr.write(`rampack: internal error: ${message}\n`);
+  process.stderr.write(`rampack: internal error: ${terminalLine(message)}\n`);
   process.stderr.write(debug && error instanceof Error ? `${error.stack}\n` : 'rampack: run with --debug for a stack trace, and please report it\n');
   return ExitCode.internal;
 }
@@ -90,4 +101,23 @@ export async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
-process.exitCode = await main(process.argv.slice(2));
+/**
+ * When the reader of stdout or stderr goes away (`rampack inspect --help | head`), stop at once and
+ * quietly, as Unix tools do: there is no one left to tell anything to.
+ */
+function exitQuietlyWhenReaderLeaves(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EPIPE') throw error;
+      process.exit(typeof process.exitCode === 'number' ? process.exitCode : ExitCode.ok);
+    });
+  }
+}
+
+/** Runs the command line as the process: the launcher (bin/rampack.js) calls this. */
+export async function run(argv: readonly string[]): Promise<void> {
+  exitQuietlyWhenReaderLeaves();
+  process.exitCode = await main(argv);
+}
+
+if (import.meta.main) await run(process.argv.slice(2));

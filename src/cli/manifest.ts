@@ -1,10 +1,12 @@
 /** `rampack manifest merge | sign | verify`. */
+import { resolve } from 'node:path';
 import { Command } from 'commander';
 import { UsageError } from '../errors.ts';
 import { clockSkewMs, DEFAULT_VALIDITY, servedSerialOf, warnIfExpired } from '../manifest/freshness.ts';
 import { loadManifest, writeManifest, mergeFragments, withFreshness } from '../manifest/manifest.ts';
 import { loadSigningKeys, loadVerifyKey, signManifestFile, SIGNING_KEY_ENV } from '../manifest/sign.ts';
 import { verifyManifest } from '../manifest/verify.ts';
+import { prepareOutputFile } from '../util/atomic.ts';
 import { lineLogger } from '../util/log.ts';
 
 /** Commander's collector for a repeatable option such as --key (undefined until the first one). */
@@ -15,6 +17,7 @@ export function collectValues(value: string, previous: string[] | undefined): st
 async function runMerge(fragments: string[], flags: { out: string }): Promise<void> {
   const loaded = [];
   for (const path of fragments) loaded.push({ path, manifest: (await loadManifest(path)).manifest });
+  await prepareOutputFile(resolve(flags.out), '--out');
   // The manifest replaced keeps its serial, so the next `manifest sign` goes above it rather than back to 1.
   const previousSerial = await servedSerialOf(flags.out);
   const fragmentsMerged = mergeFragments(loaded);

@@ -8,6 +8,7 @@ import { loadSigningKeys, SIGNING_KEY_ENV } from '../manifest/sign.ts';
 import { publishToDirectory } from '../publish/directory.ts';
 import { pinnedReference, publishToRegistry } from '../publish/registry.ts';
 import { collectValues } from './manifest.ts';
+import { prepareOutputDirectory } from '../util/atomic.ts';
 import { createOutput } from './progress.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
@@ -32,6 +33,7 @@ async function runPublish(manifest: string, flags: PublishFlags): Promise<void> 
   const output = createOutput(flags);
   const log = output.log;
   const destination = flags.registry ?? resolve(flags.to!);
+  if (flags.to) await prepareOutputDirectory(destination, '--to');
   let result: object = {};
   await output.runJobs([
     {

@@ -5,6 +5,7 @@
  */
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
+import { InputError } from '../errors.ts';
 import { registryEnvironment } from '../registry/environment.ts';
 import type { RegistryOptions } from '../registry/store.ts';
 
@@ -23,9 +24,19 @@ export function addRegistryFlags(command: Command): Command {
     .option('--insecure-registry <host>', 'skip TLS verification for this registry, and allow plain HTTP to it (repeatable)', (host: string, hosts: string[]) => [...hosts, host], []);
 }
 
+/** A password or token is short; standard input fed from /dev/zero must not fill memory. */
+const PASSWORD_LIMIT = 64 * 1024;
+
 export async function readPassword(): Promise<string> {
   const chunks: Buffer[] = [];
-  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  let length = 0;
+  for await (const chunk of process.stdin) {
+    length += (chunk as Buffer).length;
+    if (length > PASSWORD_LIMIT) {
+      throw new InputError(`--password-stdin: standard input holds more than ${PASSWORD_LIMIT} bytes, too many for a password`, { hint: 'pipe only the password or token' });
+    }
+    chunks.push(chunk as Buffer);
+  }
   return Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
 }
 

@@ -11,7 +11,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { posix, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { detectCompression, type Compression } from '../compress/index.ts';
@@ -20,6 +20,8 @@ import { normalizeLayerPath, TarIndexer, type LayerEntry } from '../layers/tar-i
 import type { Cache } from '../cache/cache.ts';
 import { BlobCache } from '../registry/cache.ts';
 import { digestHex, sha256Digest } from '../util/digest.ts';
+import { openInputFile } from '../util/input-file.ts';
+import { checkDocumentSize, type DocumentKind } from './limits.ts';
 import { parseLayoutIndex, selectLayoutEntry } from './oci-layout.ts';
 import { parseImageReference } from './reference.ts';
 import type { ContentStore } from './source.ts';
@@ -29,8 +31,6 @@ import { OncePerKey } from '../util/once.ts';
 export const OCI_ARCHIVE_PREFIX = 'oci-archive:';
 export const DOCKER_ARCHIVE_PREFIX = 'docker-archive:';
 
-/** Documents and configs are read whole into memory. */
-const DOCUMENT_SIZE_LIMIT = 16 * 1024 * 1024;
 /** Docker's legacy layout links duplicate layers to one another; bound the chain. */
 const MAX_LINK_HOPS = 8;
 const GZIP_MAGIC = Buffer.from([0x1f, 0x8b]);
@@ -82,25 +82,27 @@ class TarArchive {
     this.members = new Map(entries.map((entry) => [entry.path, entry]));
   }
 
+  /** Indexes the archive's members, reading no further than its size when opened (it must be a regular file). */
   static async open(file: string): Promise<TarArchive> {
-    await TarArchive.refuseCompressed(file);
-    const indexer = new TarIndexer(`archive ${file}`);
-    for await (const chunk of createReadStream(file) as AsyncIterable<Buffer>) indexer.write(chunk);
-    return new TarArchive(file, indexer.end());
+    const { handle, size } = await openInputFile(file, 'image archive');
+    try {
+      await TarArchive.refuseCompressed(handle, file);
+      const indexer = new TarIndexer(`archive ${file}`);
+      for await (const chunk of handle.createReadStream({ start: 0, end: Math.max(size - 1, 0), autoClose: false }) as AsyncIterable<Buffer>) {
+        indexer.write(chunk);
+        if (indexer.done) break;
+      }
+      return new TarArchive(file, indexer.end());
+    } finally {
+      await handle.close();
+    }
   }
 
   /** `docker save | gzip` is common; say what to do instead of failing on a tar checksum. */
-  private static async refuseCompressed(file: string): Promise<void> {
-    const handle = await open(file, 'r').catch((error: NodeJS.ErrnoException) => {
-      throw new InputError(`cannot read image archive ${file}: ${error.code ?? error.message}`);
-    });
-    try {
-      const { buffer } = await handle.read(Buffer.alloc(GZIP_MAGIC.length), 0, GZIP_MAGIC.length, 0);
-      if (buffer.equals(GZIP_MAGIC)) {
-        throw new InputError(`image archive ${file} is gzip-compressed`, { hint: `decompress it first: gunzip -k ${file}` });
-      }
-    } finally {
-      await handle.close();
+  private static async refuseCompressed(handle: FileHandle, file: string): Promise<void> {
+    const { buffer } = await handle.read(Buffer.alloc(GZIP_MAGIC.length), 0, GZIP_MAGIC.length, 0);
+    if (buffer.equals(GZIP_MAGIC)) {
+      throw new InputError(`image archive ${file} is gzip-compressed`, { hint: `decompress it first: gunzip -k ${file}` });
     }
   }
 
@@ -130,10 +132,9 @@ class TarArchive {
     return createReadStream(this.file, { start: entry.dataOffset, end: entry.dataOffset + entry.size - 1 });
   }
 
-  async read(entry: LayerEntry, what: string): Promise<Buffer> {
-    if (entry.size > DOCUMENT_SIZE_LIMIT) {
-      throw new InputError(`${what} in image archive ${this.file} is ${entry.size} bytes, too large for a document (limit ${DOCUMENT_SIZE_LIMIT})`);
-    }
+  /** A document member read whole, within its kind's size limit. */
+  async read(entry: LayerEntry, what: string, kind: DocumentKind): Promise<Buffer> {
+    checkDocumentSize(entry.size, kind, `${what} in image archive ${this.file}`);
     const chunks: Buffer[] = [];
     for await (const chunk of this.stream(entry) as AsyncIterable<Buffer>) chunks.push(chunk);
     return Buffer.concat(chunks);
@@ -178,12 +179,17 @@ abstract class ArchiveStore implements ContentStore {
   protected abstract memberOf(descriptor: Descriptor): LayerEntry;
 
   async fetchManifest(descriptor: Descriptor): Promise<FetchedManifest> {
-    return { bytes: await this.fetchBlob(descriptor), mediaType: descriptor.mediaType, digest: descriptor.digest };
+    return { bytes: await this.readDocument(descriptor, 'manifest'), mediaType: descriptor.mediaType, digest: descriptor.digest };
   }
 
-  async fetchBlob(descriptor: Descriptor): Promise<Buffer> {
+  fetchBlob(descriptor: Descriptor): Promise<Buffer> {
+    return this.readDocument(descriptor, 'config');
+  }
+
+  private async readDocument(descriptor: Descriptor, kind: DocumentKind): Promise<Buffer> {
     const what = `blob ${descriptor.digest}`;
-    const bytes = await this.archive.read(this.memberOf(descriptor), what);
+    checkDocumentSize(descriptor.size, kind, `${what} in image archive ${this.archive.file}`);
+    const bytes = await this.archive.read(this.memberOf(descriptor), what, kind);
     const actual = sha256Digest(bytes);
     if (actual !== descriptor.digest || bytes.length !== descriptor.size) {
       throw this.damaged(`${what} has digest ${actual} (${bytes.length} bytes), its descriptor says ${descriptor.digest} (${descriptor.size} bytes)`);
@@ -226,7 +232,7 @@ class OciArchiveStore extends ArchiveStore {
   async fetchRootManifest(): Promise<FetchedManifest> {
     const { file } = this.archive;
     const member = this.archive.member('index.json', 'the OCI layout index (is it a docker-archive?)');
-    const index = parseLayoutIndex((await this.archive.read(member, 'index.json')).toString('utf8'), `index.json of image archive ${file}`);
+    const index = parseLayoutIndex((await this.archive.read(member, 'index.json', 'manifest')).toString('utf8'), `index.json of image archive ${file}`);
     const entry = selectLayoutEntry(index, { tag: this.tag }, `OCI archive ${file}`, (tag) => `${OCI_ARCHIVE_PREFIX}${file}:${tag}`);
     return this.fetchManifest(entry);
   }
@@ -259,7 +265,7 @@ class DockerArchiveStore extends ArchiveStore {
   static async open(reference: ArchiveReference, archive: TarArchive, cache: BlobCache): Promise<DockerArchiveStore> {
     const image = await DockerArchiveStore.selectImage(reference, archive);
     const configMember = archive.member(image.Config, 'the image config');
-    const configBytes = await archive.read(configMember, 'the image config');
+    const configBytes = await archive.read(configMember, 'the image config', 'config');
     const config: Descriptor = { mediaType: MediaType.ociConfig, digest: sha256Digest(configBytes), size: configBytes.length };
     const blobs = new Map([[config.digest, configMember]]);
     const diffIds = DockerArchiveStore.diffIds(configBytes, image, archive.file);
@@ -282,7 +288,7 @@ class DockerArchiveStore extends ArchiveStore {
     const member = archive.member('manifest.json', 'manifest.json (is it an oci-archive?)');
     let images: DockerArchiveImage[];
     try {
-      images = JSON.parse((await archive.read(member, 'manifest.json')).toString('utf8')) as DockerArchiveImage[];
+      images = JSON.parse((await archive.read(member, 'manifest.json', 'manifest')).toString('utf8')) as DockerArchiveImage[];
     } catch (error) {
       throw new InputError(`${where} is not valid JSON: ${(error as Error).message}`);
     }

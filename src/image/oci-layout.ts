@@ -2,10 +2,12 @@
  * An OCI image layout directory as an image source: `oci:DIR`, `oci:DIR:TAG`
  * or `oci:DIR@sha256:...` (skopeo's syntax).
  */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { InputError, VerificationError } from '../errors.ts';
 import { digestHex, isDigest, sha256Digest } from '../util/digest.ts';
+import { isMissingFile, readInputFile, readInputText } from '../util/input-file.ts';
+import { checkDocumentSize, DOCUMENT_SIZE_LIMITS, type DocumentKind } from './limits.ts';
 import type { ContentStore } from './source.ts';
 import { checkDescriptors, parseJsonObject } from './validate.ts';
 import type { Descriptor, FetchedManifest, ImageIndex } from './types.ts';
@@ -50,12 +52,21 @@ export class OciLayoutStore implements ContentStore {
   }
 
   async fetchManifest(descriptor: Descriptor): Promise<FetchedManifest> {
-    const bytes = await this.fetchBlob(descriptor);
+    const bytes = await this.readDocument(descriptor, 'manifest');
     return { bytes, mediaType: descriptor.mediaType, digest: descriptor.digest };
   }
 
-  async fetchBlob(descriptor: Descriptor): Promise<Buffer> {
-    const bytes = await this.readBlobFile(descriptor);
+  fetchBlob(descriptor: Descriptor): Promise<Buffer> {
+    return this.readDocument(descriptor, 'config');
+  }
+
+  /** A blob read whole, within its kind's size limit, and checked against its digest. */
+  private async readDocument(descriptor: Descriptor, kind: DocumentKind): Promise<Buffer> {
+    const subject = `blob ${descriptor.digest} in ${this.layout.dir}`;
+    checkDocumentSize(descriptor.size, kind, subject);
+    const bytes = await readInputFile(this.pathOf(descriptor.digest), subject, DOCUMENT_SIZE_LIMITS[kind]).catch((error: unknown) => {
+      throw isMissingFile(error) ? this.missingBlob(descriptor.digest) : error;
+    });
     if (sha256Digest(bytes) !== descriptor.digest) {
       throw new VerificationError(`blob ${descriptor.digest} in ${this.layout.dir} does not match its digest`, {
         hint: 'the layout is corrupt: export the image again',
@@ -85,24 +96,14 @@ export class OciLayoutStore implements ContentStore {
     return new InputError(`OCI layout ${this.layout.dir} lacks blob ${digest}`, { hint: 'the layout is incomplete: export the image again' });
   }
 
-  private async readBlobFile(descriptor: Descriptor): Promise<Buffer> {
-    try {
-      return await readFile(this.pathOf(descriptor.digest));
-    } catch {
-      throw this.missingBlob(descriptor.digest);
-    }
-  }
-
   private async readIndex(): Promise<ImageIndex> {
     const path = join(this.layout.dir, 'index.json');
-    let text: string;
-    try {
-      text = await readFile(path, 'utf8');
-    } catch {
+    const text = await readInputText(path, 'OCI layout index', DOCUMENT_SIZE_LIMITS.manifest).catch((error: unknown) => {
+      if (!isMissingFile(error)) throw error;
       throw new InputError(`${this.layout.dir} is not an OCI image layout: cannot read ${path}`, {
         hint: 'export an image with `skopeo copy docker://IMAGE oci:DIR:TAG`',
       });
-    }
+    });
     return parseLayoutIndex(text, path);
   }
 

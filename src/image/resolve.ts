@@ -7,6 +7,8 @@ import { MediaType, type Descriptor, type FetchedManifest, type ImageConfig, typ
 
 const INDEX_TYPES = new Set<string>([MediaType.ociIndex, MediaType.dockerManifestList]);
 const MANIFEST_TYPES = new Set<string>([MediaType.ociManifest, MediaType.dockerManifest]);
+/** Indexes followed before an image manifest must come (the root index and nested ones). */
+const MAX_INDEX_DEPTH = 4;
 
 /** The media type a document declares, falling back on the one it was served with. */
 function documentType(fetched: FetchedManifest, parsed: { mediaType?: string; manifests?: unknown }): string {
@@ -39,17 +41,22 @@ function checkConfig(config: ImageConfig, layers: readonly Descriptor[], what: s
 /** Resolves a store's reference to the image for `arch`, verifying the config's digest. */
 export async function resolveImage(store: ContentStore, arch: Arch): Promise<ResolvedImage> {
   const root = await store.fetchRootManifest();
-  const rootDoc = parseJsonObject<ImageManifest & ImageIndex>(root.bytes, `manifest of ${store.reference}`);
   let manifestFetched = root;
+  let document = parseJsonObject<ImageManifest & ImageIndex>(root.bytes, `manifest of ${store.reference}`);
   let indexDigest: string | undefined;
-  if (INDEX_TYPES.has(documentType(root, rootDoc))) {
-    indexDigest = root.digest;
-    checkDescriptors(rootDoc.manifests, `index of ${store.reference}: manifests`);
-    const chosen = selectPlatform(rootDoc.manifests, arch, store.reference);
-    manifestFetched = await store.fetchManifest(chosen);
+  // An index may name another index for the platform (index -> index -> manifest): follow a few levels.
+  for (let depth = 0; INDEX_TYPES.has(documentType(manifestFetched, document)); depth++) {
+    const index = `index ${manifestFetched.digest} of ${store.reference}`;
+    if (depth === MAX_INDEX_DEPTH) {
+      throw new InputError(`${index} is an index nested ${depth} levels deep; rampack follows at most ${MAX_INDEX_DEPTH - 1} levels of nested indexes`);
+    }
+    indexDigest ??= root.digest;
+    checkDescriptors(document.manifests, `${index}: manifests`);
+    manifestFetched = await store.fetchManifest(selectPlatform(document.manifests, arch, store.reference));
+    document = parseJsonObject<ImageManifest & ImageIndex>(manifestFetched.bytes, `manifest ${manifestFetched.digest} of ${store.reference}`);
   }
   const what = `image ${store.reference} (manifest ${manifestFetched.digest})`;
-  const manifest = parseJsonObject<ImageManifest>(manifestFetched.bytes, what);
+  const manifest: ImageManifest = document;
   checkManifest(manifest, what);
   const configBytes = await store.fetchBlob(manifest.config);
   if (sha256Digest(configBytes) !== manifest.config.digest) {

@@ -27,7 +27,7 @@
  * - Mode keeps setuid, setgid and sticky bits; symlinks get 0777, the mode
  *   Linux always reports for them. uid/gid are numeric; mtime whole seconds.
  */
-import { MAX_NAME_SIZE } from '../cpio/newc.ts';
+import { MAX_NAME_SIZE, MAX_U32 } from '../cpio/newc.ts';
 import { InputError } from '../errors.ts';
 import { displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import type { LayerEntry } from './tar-index.ts';
@@ -139,6 +139,7 @@ class TreeBuilder {
   }
 
   private add(entry: LayerEntry, context: LayerContext): void {
+    checkOwner(entry, context);
     const node = entry.type === 'hardlink' ? this.linkedNode(entry, context) : this.newNode(entry, context.layer.tarPath);
     const parent = parentPath(entry.path);
     const recent = this.recentDirectories.find((known) => known.path === parent);
@@ -239,6 +240,15 @@ class TreeBuilder {
       trail.push({ name, node: child });
     }
     return { node: trail.at(-1)?.node ?? this.root, path: trail.map((step) => step.name).join('/') };
+  }
+}
+
+/** An owner newc cannot hold is refused here, where the layer that holds it is known. */
+function checkOwner(entry: LayerEntry, context: LayerContext): void {
+  for (const [field, value] of [['uid', entry.uid], ['gid', entry.gid]] as const) {
+    if (!Number.isSafeInteger(value) || value < 0 || value > MAX_U32) {
+      throw context.error(`${field} ${value} of "${displayPath(entry.path)}" does not fit in newc's 32-bit field`);
+    }
   }
 }
 

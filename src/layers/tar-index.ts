@@ -216,6 +216,11 @@ export class TarIndexer {
     }
   }
 
+  /** Whether the end-of-archive marker has been read: what follows it is not the archive's. */
+  get done(): boolean {
+    return this.finished;
+  }
+
   /** Signals the end of the stream; throws if it ended inside an entry. */
   end(): LayerEntry[] {
     const insideEntry =

@@ -6,8 +6,8 @@
  * is a small JSON state file, updated atomically only after a manifest passed
  * every check.
  */
-import { readFile } from 'node:fs/promises';
 import { InputError, UsageError, VerificationError } from '../errors.ts';
+import { INPUT_FILE_LIMITS, isMissingFile, readInputText } from '../util/input-file.ts';
 import { writeFileAtomically } from '../util/atomic.ts';
 import type { Logger } from '../util/log.ts';
 import type { Freshness, Manifest } from './manifest.ts';
@@ -110,9 +110,9 @@ export function servedSerial(text: string, what: string): number | undefined {
 
 /** The serial of the manifest file at `path` (any schemaVersion), undefined when there is none: what newer content must go above. */
 export async function servedSerialOf(path: string): Promise<number | undefined> {
-  const text = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT') return undefined;
-    throw new InputError(`cannot read manifest ${path}: ${error.code ?? error.message}`);
+  const text = await readInputText(path, 'manifest', INPUT_FILE_LIMITS.manifest).catch((error: unknown) => {
+    if (isMissingFile(error)) return undefined;
+    throw error;
   });
   return text === undefined ? undefined : servedSerial(text, `manifest ${path}`);
 }
@@ -198,10 +198,10 @@ function isAcceptedState(value: unknown): value is AcceptedState {
 export async function readAcceptedState(path: string): Promise<AcceptedState | undefined> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = await readInputText(path, 'state file', INPUT_FILE_LIMITS.state);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new InputError(`cannot read state file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    if (isMissingFile(error)) return undefined;
+    throw error;
   }
   let state: unknown;
   try {

@@ -4,13 +4,13 @@
  * docs/manifest.md explains it; schemaVersion changes only when a reader
  * would misread the new form.
  */
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Compression } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
 import type { Arch } from '../image/source.ts';
 import { schemaProblems } from '../recipe/json-schema.ts';
 import { writeFileAtomically } from '../util/atomic.ts';
+import { INPUT_FILE_LIMITS, isMissingFile, readInputFile, readInputText } from '../util/input-file.ts';
 import { TOOL_VERSION } from '../version.ts';
 
 export const MANIFEST_SCHEMA_VERSION = 2;
@@ -104,18 +104,16 @@ export async function loadManifest(path: string): Promise<{ manifest: Manifest; 
 
 /** The bytes of a manifest that must exist, unparsed: a signature is checked before they are read as JSON. */
 export async function readManifestBytes(path: string): Promise<Buffer> {
-  return readFile(path).catch((error: NodeJS.ErrnoException) => {
-    throw new InputError(`cannot read manifest ${path}: ${error.code ?? error.message}`);
-  });
+  return readInputFile(path, 'manifest', INPUT_FILE_LIMITS.manifest);
 }
 
 /** Reads a manifest; a missing file is an empty manifest. */
 export async function readManifest(path: string): Promise<Manifest> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = await readInputText(path, 'manifest', INPUT_FILE_LIMITS.manifest);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return emptyManifest();
+    if (isMissingFile(error)) return emptyManifest();
     throw error;
   }
   return parseManifest(text, path);
@@ -151,7 +149,7 @@ export function serializeManifest(manifest: Manifest): string {
 /** Writes atomically, and not at all when the bytes would not change. */
 export async function writeManifest(path: string, manifest: Manifest): Promise<boolean> {
   const text = serializeManifest(manifest);
-  const current = await readFile(path, 'utf8').catch(() => undefined);
+  const current = await readInputText(path, 'manifest', INPUT_FILE_LIMITS.manifest).catch(() => undefined);
   if (current === text) return false;
   await writeFileAtomically(path, text);
   return true;

@@ -5,10 +5,11 @@
  * every language's crypto library read.
  */
 import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
-import { readFile, stat, writeFile } from 'node:fs/promises';
+import { stat, writeFile } from 'node:fs/promises';
 import { InputError, UsageError, VerificationError } from '../errors.ts';
 import { writeFileAtomically } from '../util/atomic.ts';
 import { sha256Digest } from '../util/digest.ts';
+import { INPUT_FILE_LIMITS, isMissingFile, readInputText } from '../util/input-file.ts';
 import { nextFreshness } from './freshness.ts';
 import { loadManifest, readManifestBytes, serializeManifest, withFreshness } from './manifest.ts';
 
@@ -55,10 +56,8 @@ export function keyId(key: KeyObject): string {
   return sha256Digest(publicKey.export({ type: 'spki', format: 'der' }));
 }
 
-async function readKeyFile(file: string): Promise<string> {
-  return readFile(file, 'utf8').catch((error: NodeJS.ErrnoException) => {
-    throw new InputError(`cannot read key ${file}: ${error.code ?? error.message}`);
-  });
+function readKeyFile(file: string): Promise<string> {
+  return readInputText(file, 'key', INPUT_FILE_LIMITS.key);
 }
 
 /** The signing keys: each --key FILE, else the PEM text in $RAMPACK_SIGNING_KEY. */
@@ -175,7 +174,8 @@ export interface SignResult {
 }
 
 async function readSignatureFile(signaturePath: string, manifestPath: string): Promise<string> {
-  return readFile(signaturePath, 'utf8').catch(() => {
+  return readInputText(signaturePath, 'signature', INPUT_FILE_LIMITS.signature).catch((error: unknown) => {
+    if (!isMissingFile(error)) throw error;
     throw new UsageError(`${manifestPath} has no signature ${signaturePath} to add to`, { hint: 'sign it without --append first' });
   });
 }

@@ -5,11 +5,12 @@
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { dirname, relative, resolve, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { KeyObject } from 'node:crypto';
 import { VerificationError } from '../errors.ts';
+import { INPUT_FILE_LIMITS, isMissingFile, readInputText } from '../util/input-file.ts';
 import { checkFreshness, formatTimestamp, readAcceptedState, writeAcceptedState } from './freshness.ts';
 import { parseManifest, readManifestBytes, type ManifestImage } from './manifest.ts';
 import { SIGNATURE_SUFFIX, verifySignatures } from './sign.ts';
@@ -74,7 +75,8 @@ export interface VerifyResult {
 
 async function readSignature(manifestPath: string): Promise<string> {
   const signaturePath = `${manifestPath}${SIGNATURE_SUFFIX}`;
-  return readFile(signaturePath, 'utf8').catch(() => {
+  return readInputText(signaturePath, 'signature', INPUT_FILE_LIMITS.signature).catch((error: unknown) => {
+    if (!isMissingFile(error)) throw error;
     throw new VerificationError(`manifest ${manifestPath} has no signature ${signaturePath}`, { hint: 'sign it with `rampack manifest sign`' });
   });
 }

@@ -6,11 +6,25 @@
 import { readFile } from 'node:fs/promises';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 
-const validators = new Map<string, Promise<ValidateFunction>>();
+const ajv = new Ajv({ allErrors: true });
+const loaded = new Map<string, Promise<void>>();
 
-async function compile(schemaName: string): Promise<ValidateFunction> {
-  const schema = JSON.parse(await readFile(new URL(`../../schemas/${schemaName}`, import.meta.url), 'utf8')) as object;
-  return new Ajv({ allErrors: true }).compile(schema);
+/** Loads schemas/`schemaName` into the validator once, under that name. */
+async function load(schemaName: string): Promise<void> {
+  let loading = loaded.get(schemaName);
+  if (!loading) {
+    loading = readFile(new URL(`../../schemas/${schemaName}`, import.meta.url), 'utf8').then((text) => void ajv.addSchema(JSON.parse(text) as object, schemaName));
+    loaded.set(schemaName, loading);
+  }
+  await loading;
+}
+
+/** The validator of the whole schema, or of the part at JSON pointer `pointer` ("/properties/language"). */
+async function validatorOf(schemaName: string, pointer = ''): Promise<ValidateFunction> {
+  await load(schemaName);
+  const validate = ajv.getSchema(`${schemaName}#${pointer}`);
+  if (!validate) throw new Error(`${schemaName} has no ${pointer}`);
+  return validate;
 }
 
 /** "/versions/1/tag" -> "versions[1].tag" */
@@ -19,8 +33,8 @@ function fieldName(pointer: string): string {
   return parts.reduce((name, part) => (/^\d+$/.test(part) ? `${name}[${part}]` : name ? `${name}.${part}` : part), '');
 }
 
-function describeError(error: ErrorObject): string {
-  const field = fieldName(error.instancePath) || '(top level)';
+function describeError(error: ErrorObject, topLevel = '(top level)'): string {
+  const field = fieldName(error.instancePath) || topLevel;
   if (error.keyword === 'additionalProperties') {
     return `${field}: unknown field "${String(error.params.additionalProperty)}"`;
   }
@@ -39,8 +53,18 @@ function usefulErrors(errors: ErrorObject[]): ErrorObject[] {
 
 /** The problems of `document` against schemas/`schemaName`, deduplicated; empty when it is valid. */
 export async function schemaProblems(schemaName: string, document: unknown): Promise<string[]> {
-  let validator = validators.get(schemaName);
-  if (!validator) validators.set(schemaName, (validator = compile(schemaName)));
-  const validate = await validator;
-  return validate(document) ? [] : [...new Set(usefulErrors(validate.errors ?? []).map(describeError))];
+  return problemsOf(await validatorOf(schemaName), document);
+}
+
+/**
+ * The problems of one value against one field of a schema (`pointer` names the field's schema,
+ * e.g. "/properties/language"), phrased with `name` as the field: how a flag that sets what a
+ * recipe field sets is checked by the very same rule.
+ */
+export async function fieldProblems(schemaName: string, pointer: string, value: unknown, name: string): Promise<string[]> {
+  return problemsOf(await validatorOf(schemaName, pointer), value, name);
+}
+
+function problemsOf(validate: ValidateFunction, value: unknown, topLevel?: string): string[] {
+  return validate(value) ? [] : [...new Set(usefulErrors(validate.errors ?? []).map((error) => describeError(error, topLevel)))];
 }

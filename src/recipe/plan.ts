@@ -4,10 +4,10 @@
  * printed by `rampack plan --json` in the form a GitHub Actions matrix takes
  * (`{"include": [...]}`); `rampack build --only KEY` builds one cell.
  */
-import { readFile } from 'node:fs/promises';
 import { InputError, UsageError } from '../errors.ts';
 import type { Arch } from '../image/source.ts';
 import { sha256Digest } from '../util/digest.ts';
+import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import { TOOL_VERSION } from '../version.ts';
 import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from './recipe.ts';
 
@@ -39,12 +39,8 @@ export async function loadTargets(paths: readonly string[]): Promise<BuildTarget
   return [...byKey.values()];
 }
 
-async function fileSha256(path: string, what: string): Promise<string> {
-  const bytes = await readFile(path).catch((error: NodeJS.ErrnoException) => {
-    throw new InputError(`cannot read ${what} ${path}: ${error.code ?? error.message}`, {
-      hint: 'the input digest covers it: build or fetch it before planning',
-    });
-  });
+async function fileSha256(path: string, what: 'agent' | 'extraFile'): Promise<string> {
+  const bytes = await readInputFile(path, what === 'agent' ? 'agent' : 'extra file', INPUT_FILE_LIMITS[what], 'the input digest covers it: build or fetch it before planning');
   return sha256Digest(bytes);
 }
 
@@ -58,7 +54,7 @@ export async function inputDigest(target: BuildTarget): Promise<string> {
   const agent = target.agent ? { sha256: await fileSha256(target.agent, 'agent') } : (target.agentImage ?? null);
   const files = [];
   for (const file of target.files ?? []) {
-    files.push({ destination: file.destination, mode: file.mode, uid: file.uid, gid: file.gid, sha256: await fileSha256(file.source, 'extra file') });
+    files.push({ destination: file.destination, mode: file.mode, uid: file.uid, gid: file.gid, sha256: await fileSha256(file.source, 'extraFile') });
   }
   const inputs = {
     tool: TOOL_VERSION,

@@ -3,14 +3,15 @@
  * Schema in schemas/recipe.schema.json is the contract; docs/recipe.md
  * explains it.
  */
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { parseDocument } from 'yaml';
+import { parseDocument, type Document } from 'yaml';
 import type { Compression } from '../compress/index.ts';
-import { InputError } from '../errors.ts';
+import { InputError, UsageError } from '../errors.ts';
 import { ARCHES, type Arch } from '../image/source.ts';
 import { parseByteSize } from '../inspect/size.ts';
-import { schemaProblems } from './json-schema.ts';
+import { INPUT_FILE_LIMITS, readInputText } from '../util/input-file.ts';
+import { fieldProblems, schemaProblems } from './json-schema.ts';
 
 export interface RecipeVersion {
   version: string;
@@ -66,6 +67,8 @@ export interface ExtraFile {
 }
 
 export const DEFAULT_AGENT_PATH = '/agent';
+/** YAML alias expansions a recipe may use (the yaml package's own default is 100). */
+const MAX_ALIASES = 100;
 
 /** One image to build: a cell of language x version x arch. */
 export interface BuildTarget {
@@ -134,21 +137,28 @@ function semanticProblems(recipe: Recipe): string[] {
   return problems;
 }
 
+/**
+ * The recipe as plain data. Aliases are expanded here, and an alias bomb (aliases of aliases, each
+ * doubling the data) stops at the yaml package's limit of MAX_ALIASES expansions instead of filling memory.
+ */
+function recipeObject(document: Document, file: string): Recipe {
+  try {
+    return document.toJS({ maxAliasCount: MAX_ALIASES }) as Recipe;
+  } catch (error) {
+    throw new InputError(`recipe ${file}: ${(error as Error).message}`, { hint: 'a recipe needs no more than a few YAML aliases; write the values out' });
+  }
+}
+
 /** Reads and validates one recipe file. */
 export async function loadRecipe(file: string): Promise<Recipe> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (error) {
-    throw new InputError(`cannot read recipe ${file}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
-  }
+  const text = await readInputText(file, 'recipe', INPUT_FILE_LIMITS.recipe);
   const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (document.errors.length > 0) {
     const first = document.errors[0]!;
     const where = first.linePos ? `:${first.linePos[0].line}:${first.linePos[0].col}` : '';
     throw new InputError(`recipe ${file}${where}: invalid YAML: ${first.message.split('\n')[0]}`);
   }
-  const recipe = document.toJS() as Recipe;
+  const recipe = recipeObject(document, file);
   const problems = await schemaProblems('recipe.schema.json', recipe);
   if (problems.length === 0) problems.push(...semanticProblems(recipe));
   if (problems.length > 0) {
@@ -157,6 +167,28 @@ export async function loadRecipe(file: string): Promise<Recipe> {
     });
   }
   return recipe;
+}
+
+/** The recipe field each such flag stands for: a JSON pointer into schemas/recipe.schema.json. */
+const FLAG_FIELDS = {
+  '--language': '/properties/language',
+  '--version': '/properties/versions/items/properties/version',
+  '--env': '/properties/env/items',
+  '--level': '/properties/level',
+} as const;
+
+export type FieldFlag = keyof typeof FLAG_FIELDS;
+
+/**
+ * Checks a flag's value by the very rule of the recipe field it stands for, since it ends up in the
+ * same places (file names, manifest keys, log lines). `source` says where a value not typed as the
+ * flag came from ("language from --image REF").
+ */
+export async function checkFlagValue(flag: FieldFlag, value: unknown, source: string = flag): Promise<void> {
+  const problems = await fieldProblems('recipe.schema.json', FLAG_FIELDS[flag], value, `${source} ${JSON.stringify(value)}`);
+  if (problems.length > 0) {
+    throw new UsageError(problems.join('; '), { hint: `${flag} takes what the recipe field takes (docs/recipe.md)` });
+  }
 }
 
 /** Recipe files named on the command line: files as given, directories expanded to their *.yaml / *.yml. */

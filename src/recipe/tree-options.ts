@@ -3,9 +3,9 @@
  * make the initramfs smaller) and `files` (extra files added). Both act on
  * the flattened tree, before the agent stage adds /init and /etc/rampack.
  */
-import { readFile, stat } from 'node:fs/promises';
 import { InputError } from '../errors.ts';
 import { bytePath, dataSize, displayPath, parentPath, sortByTreePath, type TreeEntry } from '../tree/entry.ts';
+import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import type { Logger } from '../util/log.ts';
 import type { BuildTarget, ExtraFile } from './recipe.ts';
 
@@ -66,12 +66,8 @@ export function dropPaths(entries: readonly TreeEntry[], patterns: readonly stri
 }
 
 /** Reads a recipe's extra file; the build memoizes it (extraFileReader) since each prediction round applies the options again. */
-async function readExtraFile(file: ExtraFile, origin: string): Promise<Buffer> {
-  const info = await stat(file.source).catch((error: NodeJS.ErrnoException) => {
-    throw new InputError(`cannot read ${file.source} (files of ${origin}, for ${file.destination}): ${error.code ?? error.message}`);
-  });
-  if (!info.isFile()) throw new InputError(`${file.source} (files of ${origin}) is not a regular file`);
-  return readFile(file.source);
+function readExtraFile(file: ExtraFile, origin: string): Promise<Buffer> {
+  return readInputFile(file.source, `extra file for ${file.destination} (${origin})`, INPUT_FILE_LIMITS.extraFile);
 }
 
 /**

@@ -8,6 +8,7 @@
  * credentials, from an anonymous GET.
  */
 import { RegistryError } from '../errors.ts';
+import { discardBody } from './body.ts';
 import type { CredentialLookup, Credentials } from './credentials.ts';
 import { checkTransient, withRetries, type RetryPolicy } from './retry.ts';
 import type { Transport } from './transport.ts';
@@ -124,15 +125,15 @@ export class Authorizer {
     const what = `getting a token for ${this.options.repository} from ${request.realm.origin}`;
     let response = credentials ? await this.postForToken(request, credentials, what) : undefined;
     if (!response || (NO_OAUTH_POST_STATUSES.has(response.status) && !credentials?.identityToken)) {
-      void response?.body?.cancel();
+      discardBody(response);
       response = await this.getToken(request, credentials, what);
     }
     if (response.status === 401 || response.status === 403) {
-      void response.body?.cancel();
+      discardBody(response);
       throw this.denied(credentials, response.status);
     }
     if (!response.ok) {
-      void response.body?.cancel();
+      discardBody(response);
       throw new RegistryError(`${what} failed: HTTP ${response.status}`, { hint: TOKEN_HINT, status: response.status });
     }
     return parseToken(await response.text(), what);

@@ -16,6 +16,7 @@ import { InputError, RampackError, RegistryError, VerificationError } from '../e
 import type { ImageReference } from '../image/reference.ts';
 import type { Logger } from '../util/log.ts';
 import { Authorizer, parseChallenge } from './auth.ts';
+import { discardBody } from './body.ts';
 import type { CredentialLookup } from './credentials.ts';
 import { checkTransient, describeNetworkError, TransientError, withRetries, type RetryPolicy } from './retry.ts';
 import { PlainHttpServerError, type Transport } from './transport.ts';
@@ -75,7 +76,7 @@ export async function readBody(response: Response, limit: number, what: string):
   for await (const chunk of response.body ?? []) {
     length += chunk.length;
     if (length > limit) {
-      void response.body?.cancel();
+      // Leaving the loop cancels the body (and closes the connection): the reader holds its lock.
       throw new VerificationError(`${what}: the registry sent more than the expected ${limit} bytes`);
     }
     chunks.push(Buffer.from(chunk));
@@ -134,6 +135,8 @@ export class RegistryClient {
         try {
           return await consume(response);
         } catch (error) {
+          // A consumer that gave up before reading the body leaves it open: close its connection.
+          discardBody(response);
           if (error instanceof RampackError || error instanceof TransientError) throw error;
           throw new TransientError(`the transfer broke off: ${describeNetworkError(error)}`, { cause: error });
         }
@@ -155,7 +158,7 @@ export class RegistryClient {
         this.options.log.debug(`${request.what}: the registry cannot resume at byte ${sink.received} (HTTP ${response.status}); starting over`);
         await sink.restart();
         if (response.status !== 200) {
-          void response.body?.cancel();
+          discardBody(response);
           throw new TransientError(`the registry answered a range request with HTTP ${response.status}`);
         }
       }
@@ -182,7 +185,7 @@ export class RegistryClient {
     const what = `contacting registry ${this.image.registry}`;
     const hint = `check the registry name and your network (rampack speaks HTTPS, and plain HTTP only to loopback and --insecure-registry hosts)`;
     const response = await withRetries(this.options.retry, { what, hint }, () => this.options.transport.limited(this.image.host, () => this.pingOnce()));
-    void response.body?.cancel();
+    discardBody(response);
     if (response.status === 401) {
       this.auth.learn(parseChallenge(response.headers.get('www-authenticate')));
     } else if (!response.ok) {
@@ -217,7 +220,7 @@ export class RegistryClient {
     const headers = () => ({ ...(request.accept ? { accept: request.accept } : {}), ...request.headers?.() });
     const response = await this.send(url, headers(), await this.auth.header());
     if (response.status !== 401 || !this.auth.renew(parseChallenge(response.headers.get('www-authenticate')))) return response;
-    void response.body?.cancel();
+    discardBody(response);
     return this.send(url, headers(), await this.auth.header());
   }
 
@@ -237,7 +240,7 @@ export class RegistryClient {
       });
       const location = response.headers.get('location');
       if (!REDIRECT_STATUSES.has(response.status) || !location) return checkTransient(response, url.host);
-      void response.body?.cancel();
+      discardBody(response);
       if (hop >= MAX_REDIRECTS) throw new RegistryError(`registry ${this.image.registry} redirected more than ${MAX_REDIRECTS} times for ${start.pathname}`);
       url = new URL(location, url);
       this.options.log.debug(`${start.pathname}: redirected to ${url.origin}`);
@@ -247,7 +250,7 @@ export class RegistryClient {
   private async failure(response: Response, request: RegistryRequest): Promise<RampackError> {
     const { registry } = this.image;
     if (response.status === 401 || response.status === 403) {
-      void response.body?.cancel();
+      discardBody(response);
       return this.auth.deniedError(response.status);
     }
     const detail = await errorDetail(response);
@@ -281,7 +284,7 @@ export class RegistryClient {
       };
       let response = await send();
       if (response.status === 401 && this.auth.renew(parseChallenge(response.headers.get('www-authenticate')))) {
-        void response.body?.cancel();
+        discardBody(response);
         response = await send();
       }
       if (!request.expect.includes(response.status)) throw await this.failure(response, request);

@@ -7,10 +7,10 @@
  * config.json is `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
  */
 import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { InputError, UsageError } from '../errors.ts';
+import { INPUT_FILE_LIMITS, isMissingFile, readInputText } from '../util/input-file.ts';
 
 export interface Credentials {
   /** Empty for an identity token. */
@@ -55,10 +55,10 @@ interface DockerConfig {
 async function readDockerConfig(file: string): Promise<DockerConfig | undefined> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readInputText(file, 'Docker config', INPUT_FILE_LIMITS.config);
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw new InputError(`cannot read Docker config ${file}: ${(error as Error).message}`);
+    if (isMissingFile(error)) return undefined;
+    throw error;
   }
   try {
     return JSON.parse(text) as DockerConfig;

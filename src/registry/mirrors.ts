@@ -6,7 +6,6 @@
  * registry itself; whatever serves it, the image keeps its canonical reference,
  * and every document and blob is verified against its digest as usual.
  */
-import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { parse as parseYaml } from 'yaml';
@@ -14,6 +13,7 @@ import { InputError, RampackError, UsageError } from '../errors.ts';
 import { isLoopbackRegistry, type ImageReference } from '../image/reference.ts';
 import type { ContentStore } from '../image/source.ts';
 import type { Descriptor, FetchedManifest } from '../image/types.ts';
+import { INPUT_FILE_LIMITS, isMissingFile, readInputText } from '../util/input-file.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { openRegistryStore, type RegistryOptions } from './store.ts';
 
@@ -111,10 +111,10 @@ export async function loadConfigMirrors(file?: string): Promise<RegistryMirrors>
   const path = file ?? defaultConfigPath();
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = await readInputText(path, 'config file', INPUT_FILE_LIMITS.config);
   } catch (error) {
-    if (file === undefined && (error as NodeJS.ErrnoException).code === 'ENOENT') return new Map();
-    throw new InputError(`cannot read config file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`);
+    if (file === undefined && isMissingFile(error)) return new Map();
+    throw error;
   }
   let document: unknown;
   try {

@@ -15,6 +15,7 @@ import type { ImageReference } from '../image/reference.ts';
 import type { ContentStore } from '../image/source.ts';
 import { MediaType, type Descriptor, type ImageIndex, type ImageManifest } from '../image/types.ts';
 import { digestHex, sha256Digest } from '../util/digest.ts';
+import { discardBody } from './body.ts';
 import { readBody, RegistryClient } from './client.ts';
 import { withRetries, type RetryPolicy } from './retry.ts';
 import { registryClientOptions, type RegistryOptions } from './store.ts';
@@ -127,7 +128,7 @@ export class RegistryPusher {
         what,
         subject: `repository ${this.target.repository}`,
       });
-      void response.body?.cancel();
+      discardBody(response);
       checkStoredDigest(response, digest, what);
       return digest;
     });
@@ -196,7 +197,7 @@ export class RegistryPusher {
       what,
       subject: `repository ${this.target.repository}`,
     });
-    void response.body?.cancel();
+    discardBody(response);
     return response;
   }
 
@@ -223,7 +224,7 @@ export class RegistryPusher {
         what,
         subject: `upload session of blob ${digest}`,
       });
-      void response.body?.cancel();
+      discardBody(response);
       location = nextLocation(response, location, what);
     }
     await this.finishUpload(digest, withDigest(location, digest), Buffer.alloc(0), what);
@@ -239,7 +240,7 @@ export class RegistryPusher {
       what,
       subject: `upload session of blob ${digest}`,
     });
-    void response.body?.cancel();
+    discardBody(response);
     checkStoredDigest(response, digest, what);
   }
 }

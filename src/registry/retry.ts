@@ -7,6 +7,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { RegistryError } from '../errors.ts';
+import { discardBody } from './body.ts';
 
 export const DEFAULT_MAX_ATTEMPTS = 5;
 export const DEFAULT_BASE_DELAY_MS = 500;
@@ -57,7 +58,7 @@ function parseRetryAfter(value: string | null): number | undefined {
 /** Throws a TransientError for a response worth retrying; returns it otherwise. */
 export function checkTransient(response: Response, what: string): Response {
   if (!RETRYABLE_STATUSES.has(response.status)) return response;
-  void response.body?.cancel();
+  discardBody(response);
   throw new TransientError(`${what} answered HTTP ${response.status} ${response.statusText}`.trimEnd(), {
     status: response.status,
     retryAfterMs: parseRetryAfter(response.headers.get('retry-after')),

@@ -1,5 +1,6 @@
 /** A registry repository as a ContentStore: verified documents, and layers downloaded into the blob cache. */
 import { InputError, VerificationError } from '../errors.ts';
+import { checkDocumentSize, DOCUMENT_SIZE_LIMITS } from '../image/limits.ts';
 import type { ImageReference } from '../image/reference.ts';
 import type { ContentStore, IncomingBlob } from '../image/source.ts';
 import { MANIFEST_MEDIA_TYPES, type Descriptor, type FetchedManifest } from '../image/types.ts';
@@ -33,10 +34,6 @@ export interface RegistryOptions extends TransportOptions {
   onBlobBytes?: (digest: string, bytes: number) => void;
 }
 
-/** containerd's limit: manifests are small, and a tag must not make us buffer gigabytes. */
-const MANIFEST_SIZE_LIMIT = 4 * 1024 * 1024;
-/** Configs are read whole into memory. */
-const SMALL_BLOB_LIMIT = 16 * 1024 * 1024;
 const MANIFEST_ACCEPT = MANIFEST_MEDIA_TYPES.join(', ');
 
 function isForeign(descriptor: Descriptor): boolean {
@@ -78,9 +75,7 @@ export class RegistryStore implements ContentStore {
 
   async fetchBlob(descriptor: Descriptor): Promise<Buffer> {
     const subject = `blob ${descriptor.digest} of image ${this.reference}`;
-    if (descriptor.size > SMALL_BLOB_LIMIT) {
-      throw new InputError(`${subject} is ${descriptor.size} bytes, too large for a config (limit ${SMALL_BLOB_LIMIT})`);
-    }
+    checkDocumentSize(descriptor.size, 'config', subject);
     return this.client.get(this.blobRequest(descriptor, subject), async (response) => {
       const bytes = await readBody(response, descriptor.size, subject);
       checkContent(bytes, descriptor, subject);
@@ -154,8 +149,9 @@ export class RegistryStore implements ContentStore {
       what: `fetching the manifest of ${subject} from ${this.image.registry}`,
       subject,
     };
+    if (expected?.size !== undefined) checkDocumentSize(expected.size, 'manifest', subject);
     return this.client.get(request, async (response) => {
-      const bytes = await readBody(response, expected?.size ?? MANIFEST_SIZE_LIMIT, subject);
+      const bytes = await readBody(response, expected?.size ?? DOCUMENT_SIZE_LIMITS.manifest, subject);
       const claimed = response.headers.get('docker-content-digest');
       const digest = expected?.digest ?? (claimed !== null && isDigest(claimed) ? claimed : sha256Digest(bytes));
       checkContent(bytes, { digest, size: expected?.size }, subject);

@@ -10,13 +10,13 @@
  * bytes for `stallTimeoutMs` aborts it, so a server that stops sending cannot
  * hang a build forever.
  */
-import { readFileSync } from 'node:fs';
 import { Agent as HttpAgent, request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { InputError, RegistryError } from '../errors.ts';
 import { isLoopbackRegistry } from '../image/reference.ts';
+import { INPUT_FILE_LIMITS, readInputTextSync } from '../util/input-file.ts';
 import { TransientError } from './retry.ts';
 
 export const DEFAULT_STALL_TIMEOUT_MS = 30_000;
@@ -80,13 +80,10 @@ function* slices(data: Buffer): Generator<Buffer> {
 }
 
 function readCaFile(path: string): string {
-  try {
-    const pem = readFileSync(path, 'utf8');
-    if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new Error('it holds no PEM certificate');
-    return pem;
-  } catch (error) {
-    throw new InputError(`cannot use CA file ${path}: ${(error as Error).message}`, { hint: 'pass a PEM bundle of CA certificates to --ca-file' });
-  }
+  const hint = 'pass a PEM bundle of CA certificates to --ca-file';
+  const pem = readInputTextSync(path, 'CA file', INPUT_FILE_LIMITS.config, hint);
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new InputError(`cannot use CA file ${path}: it holds no PEM certificate`, { hint });
+  return pem;
 }
 
 export class Transport {

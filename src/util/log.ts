@@ -10,10 +10,31 @@ export interface LoggerOptions {
   verbose?: boolean;
 }
 
+/** A message stays this short on the terminal however long the values it echoes. */
+export const TERMINAL_LINE_LIMIT = 1000;
+
+/** C0 and C1 control characters, DEL, and the Unicode line and paragraph separators. */
+const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g;
+
+const NAMED_ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+/**
+ * A message as one readable terminal line: control characters escaped (a newline in a
+ * user's value cannot forge a log line, an escape sequence cannot move the cursor),
+ * and the middle of an overlong message left out, keeping its start and end, which
+ * say what failed and why.
+ */
+export function terminalLine(message: string): string {
+  const escaped = message.replace(CONTROL_CHARACTERS, (character) => NAMED_ESCAPES[character] ?? `\\u${character.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  if (escaped.length <= TERMINAL_LINE_LIMIT) return escaped;
+  const keep = (TERMINAL_LINE_LIMIT - 40) / 2;
+  return `${escaped.slice(0, keep)}…(${escaped.length - 2 * keep} characters left out)…${escaped.slice(-keep)}`;
+}
+
 /** Plain timestamped lines on stderr: what CI logs want. */
 export function lineLogger(options: LoggerOptions = {}): Logger {
   const write = (level: string, message: string) =>
-    process.stderr.write(`${new Date().toISOString()} ${level} ${message}\n`);
+    process.stderr.write(`${new Date().toISOString()} ${level} ${terminalLine(message)}\n`);
   return {
     info: (message) => options.quiet || write('info', message),
     warn: (message) => write('warn', message),

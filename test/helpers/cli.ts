@@ -78,6 +78,8 @@ export function runRampack(args: string[], options: CliOptions = {}): Promise<Cl
       settle();
       resolve({ code, stdout, stderr: timedOut ? `${stderr}\n(runRampack: killed after its deadline)` : stderr, timedOut });
     });
+    // A CLI that refuses its arguments may exit before it reads its input: that is no error of the test's.
+    child.stdin.on('error', (error: NodeJS.ErrnoException) => error.code === 'EPIPE' || reject(error));
     child.stdin.end(options.input ?? '');
   });
 }

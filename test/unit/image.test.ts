@@ -6,7 +6,7 @@ import { OciLayoutStore, parseOciLayoutReference } from '../../src/image/oci-lay
 import { selectPlatform } from '../../src/image/platform.ts';
 import { resolveImage } from '../../src/image/resolve.ts';
 import type { Descriptor } from '../../src/image/types.ts';
-import { writeOciLayout, type ImageSpec } from '../helpers/oci-builder.ts';
+import { writeBlob, writeOciLayout, type ImageSpec } from '../helpers/oci-builder.ts';
 import { testDirectory } from '../helpers/temp.ts';
 
 const entry = (architecture: string, extra: Partial<Descriptor> = {}, variant?: string): Descriptor => ({
@@ -16,6 +16,8 @@ const entry = (architecture: string, extra: Partial<Descriptor> = {}, variant?: 
   platform: { os: 'linux', architecture, variant },
   ...extra,
 });
+
+const INDEX_TYPE = 'application/vnd.oci.image.index.v1+json';
 
 describe('platform selection', () => {
   it('maps x86_64 to amd64 and aarch64 to arm64, skipping attestations', () => {
@@ -81,5 +83,26 @@ describe('resolving images from an OCI layout', () => {
     const configPath = join(single, 'blobs/sha256', manifest.config.digest.slice(7));
     writeFileSync(configPath, readFileSync(configPath, 'utf8').replace('amd64', 'AMD64'));
     await expect(resolveImage(new OciLayoutStore({ dir: single }), 'x86_64')).rejects.toThrow(VerificationError);
+  });
+
+  /** The multi-arch layout with its index wrapped in `levels` more indexes (index -> index -> ... -> manifest). */
+  async function nestedLayout(levels: number): Promise<string> {
+    const nested = join(dir, `nested-${levels}`);
+    await writeOciLayout(nested, [spec('amd64'), spec('arm64')], 'v3');
+    let [top] = JSON.parse(readFileSync(join(nested, 'index.json'), 'utf8')).manifests as Descriptor[];
+    for (let level = 0; level < levels; level++) {
+      const wrapper = { schemaVersion: 2, mediaType: INDEX_TYPE, manifests: [{ mediaType: INDEX_TYPE, digest: top!.digest, size: top!.size, platform: { os: 'linux', architecture: 'amd64' } }] };
+      top = { ...(await writeBlob(nested, Buffer.from(JSON.stringify(wrapper)), INDEX_TYPE)), annotations: { 'org.opencontainers.image.ref.name': 'v3' } };
+    }
+    writeFileSync(join(nested, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [top] }));
+    return nested;
+  }
+
+  it('follows a nested index (index -> index -> manifest) to the image, and says so when they nest too deep', async () => {
+    const image = await resolveImage(new OciLayoutStore({ dir: await nestedLayout(1), tag: 'v3' }), 'x86_64');
+    expect(image.config.architecture).toBe('amd64');
+    const tooDeep = resolveImage(new OciLayoutStore({ dir: await nestedLayout(4), tag: 'v3' }), 'x86_64');
+    await expect(tooDeep).rejects.toThrow(InputError);
+    await expect(tooDeep).rejects.toThrow(/is an index nested 4 levels deep; rampack follows at most 3 levels of nested indexes/);
   });
 });

@@ -76,7 +76,7 @@ describe('addFiles', () => {
 
   it('refuses a missing source, a directory destination and a file parent', async () => {
     const extra = { source, destination: '/x', mode: 0o644, uid: 0, gid: 0 };
-    await expect(addFiles(TREE, [{ ...extra, source: join(work, 'nope') }], 1, 'r.yaml')).rejects.toThrow(`cannot read ${join(work, 'nope')} (files of r.yaml, for /x): ENOENT`);
+    await expect(addFiles(TREE, [{ ...extra, source: join(work, 'nope') }], 1, 'r.yaml')).rejects.toThrow(`cannot read extra file for /x (r.yaml) ${join(work, 'nope')}: ENOENT`);
     await expect(addFiles(TREE, [{ ...extra, destination: '/usr/share' }], 1, 'r.yaml')).rejects.toThrow('/usr/share is a directory in the image');
     const error = await addFiles(TREE, [{ ...extra, destination: '/usr/bin/tool/x' }], 1, 'r.yaml').catch((e: unknown) => e);
     expect(error).toBeInstanceOf(InputError);
