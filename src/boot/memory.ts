@@ -23,7 +23,7 @@ const PAGE_BYTES = 4096;
  * per-CPU areas, slabs, and on arm64 the CMA pool, which ramfs pages cannot
  * use), with one vCPU: the smallest memory a near-empty image boots in.
  */
-const KERNEL_BASELINE_MIB: Record<Arch, number> = { x86_64: 48, aarch64: 96 };
+const KERNEL_BASELINE_MIB: Record<Arch, number> = { x86_64: 72, aarch64: 48 };
 /** Slab memory per entry: ramfs inode, dentry, and the name when it is longer than the dentry's inline 32 bytes. */
 const ENTRY_BYTES = 1024;
 /** Memory a small workload gets after boot: the probe fills this much in a child process. */

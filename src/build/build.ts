@@ -224,8 +224,10 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   const stored = storedEntries(entries);
   const directories = sizeByDirectory(treeFiles(stored), 2).slice(0, 5);
   options.log.debug(`${label}: largest directories: ${directories.map((dir) => `${dir.path} ${formatBytes(dir.bytes)}`).join(', ')}`);
+  const boot = bootRequirements({ arch: target.arch, compression: target.compression, compressedBytes: written.size, tree: treeFootprint(stored) });
   if (target.memoryBudget !== undefined) {
-    const warning = memoryBudgetWarning({ label, budgetBytes: target.memoryBudget, compressedBytes: written.size, uncompressedBytes: written.uncompressedBytes, directories });
+    const check = { label, budgetBytes: target.memoryBudget, minMemoryMiB: boot.minMemoryMiB, compressedBytes: written.size, uncompressedBytes: written.uncompressedBytes, directories };
+    const warning = memoryBudgetWarning(check);
     if (warning !== undefined) options.log.warn(warning);
   }
   return {
@@ -246,6 +248,6 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
     },
     agent: { sha256: agentSha256 },
     env: injected.imageJson.env,
-    boot: bootRequirements({ arch: target.arch, compression: target.compression, compressedBytes: written.size, tree: treeFootprint(stored) }),
+    boot,
   };
 }
