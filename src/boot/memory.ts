@@ -1,17 +1,17 @@
 /**
- * The smallest guest RAM an image boots in, with boot.cmdline's
- * `rootfstype=ramfs` (no size cap on the rootfs), from what the build knows.
- * At the peak of unpacking the guest holds, besides the kernel itself:
- *   - the compressed file, where the VMM loaded it, until the last byte is
- *     unpacked (then the kernel frees it, before init starts);
- *   - every file's data in whole pages (ramfs keeps page cache pages, and
- *     cannot evict or swap them), a symlink's target in a page of its own;
- *   - an inode and a dentry per entry.
- * After boot the compressed file's memory is free again, and the workload
- * (agent, smoke command, a small program) lives in it or in the headroom.
- * The constants were calibrated by booting generated images of different
- * shapes near their limit with `rampack verify --boot --find-min-memory`
- * (docs/runtime.md has the measurements).
+ * The smallest guest RAM an image boots in, with boot.cmdline
+ * (`rootfstype=ramfs cma=0`: no cap on the rootfs, no memory set aside for
+ * contiguous DMA), from what the build knows. Two moments need the most:
+ *   - the end of unpacking: the kernel, the decompressor's workspace, the
+ *     compressed file (where the VMM loaded it, freed only when the last byte
+ *     is unpacked) and the whole tree;
+ *   - after boot: the kernel, the tree, and a small workload (the agent, a
+ *     command), in the memory the compressed file gave back.
+ * The tree is every file's data in whole pages (ramfs keeps page cache pages
+ * and cannot evict or swap them; a symlink's target takes a page) plus an
+ * inode and a dentry per entry. The constants were calibrated by booting
+ * generated images of different shapes on both arches near their limit with
+ * `rampack verify --boot --find-min-memory` (docs/runtime.md has the table).
  */
 import type { Arch } from '../image/source.ts';
 
@@ -19,17 +19,21 @@ const MiB = 1024 * 1024;
 const PAGE_BYTES = 4096;
 
 /**
- * RAM the kernel takes before it unpacks anything (its image, page tables,
- * per-CPU areas, slabs, and on arm64 the CMA pool, which ramfs pages cannot
- * use), with one vCPU: the smallest memory a near-empty image boots in.
+ * What the kernel keeps for itself with one vCPU (its image, page tables,
+ * slabs, per-CPU areas, the page allocator's reserves): measured as the
+ * smallest memory a near-empty image runs the workload in, less the workload.
  */
 const KERNEL_BASELINE_MIB: Record<Arch, number> = { x86_64: 72, aarch64: 48 };
-/** Slab memory per entry: ramfs inode, dentry, and the name when it is longer than the dentry's inline 32 bytes. */
+/** Measured on top of the baseline at the end of unpacking: the zstd or gzip workspace and unpacking buffers. */
+const UNPACK_WORKSPACE_MIB = 16;
+/** Slab memory per entry (ramfs inode, dentry, page cache bookkeeping), measured with 30,000 small files. */
 const ENTRY_BYTES = 1024;
 /** Memory a small workload gets after boot: the probe fills this much in a child process. */
 export const WORKLOAD_HEADROOM_MIB = 32;
 /** struct page (64 bytes) per 4 KiB page of RAM: 1/64 of the guest's memory is never available. */
 const MEMMAP_FRACTION = 1 / 64;
+/** Boot-to-boot variation (measured minimums moved by up to one 8 MiB step) and kernel updates. */
+const SAFETY_FACTOR = 1.05;
 /** Published minimums are rounded up to this. */
 const ROUNDING_MIB = 8;
 
@@ -68,10 +72,9 @@ export interface MemoryInputs {
 
 /** The smallest guest RAM in MiB at which the image unpacks, starts its init and still runs a small workload. */
 export function minimumMemoryMiB({ arch, compressedBytes, tree }: MemoryInputs): number {
-  const treeBytes = tree.pageBytes + tree.entries * ENTRY_BYTES;
-  // The compressed file and the workload never need memory at the same time.
-  const transientBytes = Math.max(compressedBytes, WORKLOAD_HEADROOM_MIB * MiB);
-  const usableMiB = KERNEL_BASELINE_MIB[arch] + (treeBytes + transientBytes) / MiB;
-  const totalMiB = usableMiB / (1 - MEMMAP_FRACTION);
+  const treeMiB = (tree.pageBytes + tree.entries * ENTRY_BYTES) / MiB;
+  const unpackingMiB = UNPACK_WORKSPACE_MIB + compressedBytes / MiB;
+  const usableMiB = KERNEL_BASELINE_MIB[arch] + treeMiB + Math.max(unpackingMiB, WORKLOAD_HEADROOM_MIB);
+  const totalMiB = (usableMiB / (1 - MEMMAP_FRACTION)) * SAFETY_FACTOR;
   return Math.ceil(totalMiB / ROUNDING_MIB) * ROUNDING_MIB;
 }

@@ -9,10 +9,13 @@ import type { BootRequirements } from '../manifest/manifest.ts';
 import { minimumMemoryMiB, type TreeFootprint } from './memory.ts';
 
 /**
- * Without it the kernel unpacks into a tmpfs capped at half the guest's RAM,
- * so an image would need twice its size in RAM; ramfs has no cap.
+ * rootfstype=ramfs: without it the kernel unpacks into a tmpfs capped at half
+ * the guest's RAM, so an image would need twice its size in RAM; ramfs has no
+ * cap. cma=0: Debian's arm64 kernel sets 64 MiB aside for contiguous DMA
+ * (CONFIG_CMA_SIZE_MBYTES), which ramfs pages cannot use and a virtio guest
+ * does not need.
  */
-export const BOOT_CMDLINE = 'rootfstype=ramfs';
+export const BOOT_CMDLINE = 'rootfstype=ramfs cma=0';
 
 /** Kernel options every image needs: an initramfs, and 64-bit ELF binaries (the agent). */
 const BASE_KERNEL_CONFIG = ['CONFIG_BLK_DEV_INITRD=y', 'CONFIG_BINFMT_ELF=y'];

@@ -90,7 +90,7 @@ describe('the published memory minimum', () => {
     const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--smoke', 'lang-hello', '--arch', 'x86_64', '--cache', TEST_CACHE, '--json']);
     expect(result.code, result.stderr).toBe(0);
     const [check] = JSON.parse(result.stdout) as BootCheck[];
-    expect(check).toMatchObject({ passed: true, memoryMiB: entry('x86_64').boot.minMemoryMiB, cmdline: 'rootfstype=ramfs', smokeExit: 0 });
+    expect(check).toMatchObject({ passed: true, memoryMiB: entry('x86_64').boot.minMemoryMiB, cmdline: 'rootfstype=ramfs cma=0', smokeExit: 0 });
     expect(check!.smokeOutput).toBe('hello from lang 1.0 in /srv as 0');
   }, 300_000);
 

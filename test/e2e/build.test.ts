@@ -83,7 +83,7 @@ describe('rampack build --image from a registry', () => {
     expect(image!.agent.sha256).toBe(sha256File(agent));
     expect(image!.env).toContain('LANG_VERSION=1.0');
     // A small gzip image: ramfs, the gzip decompressor, and the memory rule's floor for a near-empty tree.
-    expect(image!.boot).toMatchObject({ cmdline: 'rootfstype=ramfs', minKernel: '2.6', kernelConfig: ['CONFIG_BLK_DEV_INITRD=y', 'CONFIG_BINFMT_ELF=y', 'CONFIG_RD_GZIP=y'] });
+    expect(image!.boot).toMatchObject({ cmdline: 'rootfstype=ramfs cma=0', minKernel: '2.6', kernelConfig: ['CONFIG_BLK_DEV_INITRD=y', 'CONFIG_BINFMT_ELF=y', 'CONFIG_RD_GZIP=y'] });
     const emptyTree = minimumMemoryMiB({ arch: 'x86_64', compressedBytes: image!.size, tree: { pageBytes: 0, entries: 0 } });
     expect(image!.boot.minMemoryMiB).toBeGreaterThanOrEqual(emptyTree);
     expect(image!.boot.minMemoryMiB).toBeLessThanOrEqual(emptyTree + 8);
