@@ -18,13 +18,14 @@ describe('the guest-memory rule', () => {
     expect(footprint).toEqual({ pageBytes: (1 + 1 + 2 + 0 + 1) * 4096, entries: 7 });
   });
 
-  it('needs the compressed file or the workload headroom, whichever is larger, on top of the tree', () => {
+  it('needs the compressed file (while unpacking) or the workload headroom (after boot), whichever is larger, on top of the tree', () => {
     const tree = { pageBytes: 100 * MiB, entries: 1000 };
     const small = minimumMemoryMiB({ arch: 'x86_64', compressedBytes: 1 * MiB, tree });
-    expect(minimumMemoryMiB({ arch: 'x86_64', compressedBytes: WORKLOAD_HEADROOM_MIB * MiB, tree })).toBe(small);
-    const big = minimumMemoryMiB({ arch: 'x86_64', compressedBytes: (WORKLOAD_HEADROOM_MIB + 64) * MiB, tree });
+    // The unpacking workspace (16 MiB) plus a 16 MiB file still fit where the workload will be.
+    expect(minimumMemoryMiB({ arch: 'x86_64', compressedBytes: (WORKLOAD_HEADROOM_MIB / 2) * MiB, tree })).toBe(small);
+    const big = minimumMemoryMiB({ arch: 'x86_64', compressedBytes: (WORKLOAD_HEADROOM_MIB / 2 + 64) * MiB, tree });
     expect(big - small).toBeGreaterThanOrEqual(64);
-    expect(big - small).toBeLessThanOrEqual(64 + 8 + 2);
+    expect(big - small).toBeLessThanOrEqual(64 * 1.1 + 8);
   });
 
   it('grows with the tree, gives whole multiples of 8 MiB, and is never below what the data itself takes', () => {
