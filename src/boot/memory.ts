@@ -32,8 +32,9 @@ const ENTRY_BYTES = 1024;
 export const WORKLOAD_HEADROOM_MIB = 32;
 /** struct page (64 bytes) per 4 KiB page of RAM: 1/64 of the guest's memory is never available. */
 const MEMMAP_FRACTION = 1 / 64;
-/** Boot-to-boot variation (measured minimums moved by up to one 8 MiB step) and kernel updates. */
+/** Margin for boot-to-boot variation (measured minimums moved by up to one 8 MiB step) and kernel updates: 5%, at least 8 MiB. */
 const SAFETY_FACTOR = 1.05;
+const SAFETY_MIN_MIB = 8;
 /** Published minimums are rounded up to this. */
 const ROUNDING_MIB = 8;
 
@@ -75,6 +76,7 @@ export function minimumMemoryMiB({ arch, compressedBytes, tree }: MemoryInputs):
   const treeMiB = (tree.pageBytes + tree.entries * ENTRY_BYTES) / MiB;
   const unpackingMiB = UNPACK_WORKSPACE_MIB + compressedBytes / MiB;
   const usableMiB = KERNEL_BASELINE_MIB[arch] + treeMiB + Math.max(unpackingMiB, WORKLOAD_HEADROOM_MIB);
-  const totalMiB = (usableMiB / (1 - MEMMAP_FRACTION)) * SAFETY_FACTOR;
+  const neededMiB = usableMiB / (1 - MEMMAP_FRACTION);
+  const totalMiB = Math.max(neededMiB * SAFETY_FACTOR, neededMiB + SAFETY_MIN_MIB);
   return Math.ceil(totalMiB / ROUNDING_MIB) * ROUNDING_MIB;
 }
