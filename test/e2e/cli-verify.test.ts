@@ -75,9 +75,9 @@ describe('rampack verify --boot', () => {
       expect(check.smokeOutput).toBe('hello from lang 1.0 in /srv as 0');
       expect(check.initStartedMs).toBeGreaterThan(0);
       expect(check.guestUptimeSeconds).toBeGreaterThan(0);
-      // The guest really had the published memory (MemTotal is less: the kernel's image and reserved memory, ~30 MiB).
+      // The guest really had the published memory (MemTotal is less by the kernel's image and reserved memory: 30-50 MiB).
       expect(check.guestMemory!.totalKiB).toBeLessThanOrEqual(entry.boot.minMemoryMiB * 1024);
-      expect(check.guestMemory!.totalKiB).toBeGreaterThan((entry.boot.minMemoryMiB - 40) * 1024);
+      expect(check.guestMemory!.totalKiB).toBeGreaterThan((entry.boot.minMemoryMiB - 64) * 1024);
     }
   });
 
