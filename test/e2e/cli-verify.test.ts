@@ -7,7 +7,8 @@
  * kernels, at the entry's boot.minMemoryMiB with its boot.cmdline, the probe
  * init running the recipe's smoke command.
  */
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -95,6 +96,21 @@ describe('rampack verify --boot', () => {
     expect(result.stdout).toContain('agent: /init is built for aarch64, this machine is x86_64');
   });
 
+  it('runs the smoke command as the image’s user, in its working directory', async () => {
+    const layout = join(work, 'as-nobody');
+    await writeOciLayout(layout, { ...languageImageSpec('amd64'), user: 'nobody', workingDir: '/tmp' }, '1.0');
+    const agent = await buildTestAgent('x86_64', SILENT_AGENT_SOURCE);
+    const userRecipe = join(work, 'nobody.yaml');
+    writeFileSync(userRecipe, `language: lang\nimage: oci:${layout}\nversions:\n  - version: "1.0"\narches: [x86_64]\nagent: ${agent}\nsmoke: [lang-hello]\n`);
+    const userOut = join(work, 'out-nobody');
+    expect((await runRampack(['build', userRecipe, '--out', userOut, '--cache', join(work, 'cache')])).code).toBe(0);
+    const result = await runRampack(['verify', '--boot', userOut, '--recipe', userRecipe, '--cache', TEST_CACHE, '--json']);
+    expect(result.code, result.stderr).toBe(0);
+    const [check] = JSON.parse(result.stdout) as BootCheck[];
+    // nobody is 65534 in the image's /etc/passwd.
+    expect(check!.smokeOutput).toBe('hello from lang 1.0 in /tmp as 65534');
+  });
+
   it('boots with the kernel the recipe names for the arch', async () => {
     const kernel = join(work, 'vmlinuz-from-recipe');
     copyFileSync(await ensureDebianKernel('x86_64', KERNEL_CACHE), kernel);
@@ -117,6 +133,19 @@ describe('rampack verify --boot', () => {
     );
     expect(result.stderr).toContain('No such file or directory');
     expect(result.stderr).toContain('rampack: error: 1 of 1 images failed the boot check: lang 1.0 x86_64');
+  });
+
+  it('names the Debian package when the compiler for the probe is missing', async () => {
+    // A PATH with QEMU but no musl-gcc, and a cache where no probe was compiled yet.
+    const bin = join(work, 'qemu-only');
+    mkdirSync(bin, { recursive: true });
+    symlinkSync(execFileSync('sh', ['-c', 'command -v qemu-system-x86_64']).toString().trim(), join(bin, 'qemu-system-x86_64'));
+    const kernel = await ensureDebianKernel('x86_64', KERNEL_CACHE);
+    const file = join(out, 'lang-1.0-x86_64.cpio.gz');
+    const result = await runRampack(['verify', '--boot', file, '--smoke', 'lang-hello', '--kernel', kernel, '--cache', join(work, 'empty-cache')], { env: { PATH: bin } });
+    expect(result.code).toBe(3);
+    expect(result.stderr).toContain('rampack: error: musl-gcc is not installed: it compiles the boot probe for x86_64 guests');
+    expect(result.stderr).toContain('rampack: hint: install it with: apt-get install musl-tools');
   });
 
   it('needs a smoke command, and a kernel or emulator it can find', async () => {
