@@ -84,8 +84,8 @@ const UNPACK_FAILED = /Initramfs unpacking failed: ([^\n]*)/;
 const OUT_OF_MEMORY = /System is deadlocked on memory|Out of memory[^\n]*|oom-kill[^\n]*/;
 const PANIC = /Kernel panic - not syncing: ([^\n]*)/;
 
-/** Reads the image's own settings and the boot contract of a file that has no manifest entry. */
-export interface ImageSettings {
+/** The image's own settings for the smoke command, from its /etc/rampack/image.json. */
+interface ImageSettings {
   env: string[];
   workingDir: string;
   user: string;
