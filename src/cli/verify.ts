@@ -19,8 +19,6 @@ import { defaultCacheDir } from '../registry/cache.ts';
 import { formatDuration, lineLogger, type Logger } from '../util/log.ts';
 import { printJson, printLines } from './format.ts';
 
-export type { BootCheck, MemorySearch } from '../boot/check.ts';
-
 interface VerifyFlags {
   boot?: boolean;
   smoke?: string;
