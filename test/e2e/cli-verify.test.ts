@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
-import type { BootCheck } from '../../src/boot/check.ts';
+import type { BootCheck, MemorySearch } from '../../src/boot/check.ts';
 import { newcArchive } from '../../src/cpio/writer.ts';
 import type { Manifest } from '../../src/manifest/manifest.ts';
 import { buildTestAgent, SILENT_AGENT_SOURCE } from '../helpers/agent.ts';
@@ -133,6 +133,17 @@ describe('rampack verify --boot', () => {
     );
     expect(result.stderr).toContain('No such file or directory');
     expect(result.stderr).toContain('rampack: error: 1 of 1 images failed the boot check: lang 1.0 x86_64');
+  });
+
+  it('bisects the smallest memory an image boots in, and finds the published minimum safe', async () => {
+    const result = await runRampack(['verify', '--boot', out, '--smoke', 'lang-hello', '--arch', 'x86_64', '--find-min-memory', '--step', '16', '--cache', TEST_CACHE, '--json']);
+    expect(result.code, result.stderr).toBe(0);
+    const [search] = JSON.parse(result.stdout) as MemorySearch[];
+    expect(search!.trials[0]).toMatchObject({ memoryMiB: search!.publishedMiB, passed: true });
+    expect(search!.measuredMiB).toBeLessThanOrEqual(search!.publishedMiB);
+    expect(search!.failedMiB).toBe(search!.measuredMiB! - 16);
+    expect(search!.failure!.kind).toMatch(/^(out-of-memory|unpack|panic|workload)$/);
+    for (const trial of search!.trials) expect(trial.passed).toBe(trial.memoryMiB >= search!.measuredMiB!);
   });
 
   it('names the Debian package when the compiler for the probe is missing', async () => {
