@@ -66,6 +66,8 @@ export interface BootCheck {
   guestUptimeSeconds: number | null;
   /** What the guest's /proc/meminfo said when the probe started. */
   guestMemory: { totalKiB: number; availableKiB: number } | null;
+  /** The guest's /proc/mounts line for the root ("rootfs / rootfs rw 0 0" on ramfs; tmpfs adds size=). */
+  guestRootfs: string | null;
   smokeExit: number | null;
   /** What the smoke command printed. */
   smokeOutput: string;
@@ -74,6 +76,7 @@ export interface BootCheck {
 
 const PROBE_START = /^RAMPACK-PROBE start uptime=([\d.]+|-)$/m;
 const PROBE_MEMORY = /^RAMPACK-PROBE memory total_kib=(\d+) available_kib=(\d+)$/m;
+const PROBE_ROOTFS = /^RAMPACK-PROBE rootfs (.*)$/m;
 const PROBE_FAIL = /^RAMPACK-PROBE fail: (.*)$/m;
 const AGENT_OK = /^RAMPACK-PROBE agent ok /m;
 const RUN_BEGIN = /^RAMPACK-PROBE run-begin$/m;
@@ -216,6 +219,7 @@ export async function bootOnce(prepared: PreparedTarget, options: BootCheckOptio
     initStartedMs,
     guestUptimeSeconds: uptime === undefined || uptime === '-' ? null : Number(uptime),
     guestMemory: memory === null ? null : { totalKiB: Number(memory[1]), availableKiB: Number(memory[2]) },
+    guestRootfs: PROBE_ROOTFS.exec(result.output)?.[1] ?? null,
     smokeExit: exit === undefined ? null : Number(exit),
     smokeOutput: smokeOutputOf(result.output),
     durationMs: Math.round(performance.now() - started),

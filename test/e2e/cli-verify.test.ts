@@ -79,6 +79,8 @@ describe('rampack verify --boot', () => {
       // The guest really had the published memory (MemTotal is less by the kernel's image and reserved memory: 30-50 MiB).
       expect(check.guestMemory!.totalKiB).toBeLessThanOrEqual(entry.boot.minMemoryMiB * 1024);
       expect(check.guestMemory!.totalKiB).toBeGreaterThan((entry.boot.minMemoryMiB - 64) * 1024);
+      // boot.cmdline reached the kernel: the root is a ramfs (a tmpfs root would show its size= cap).
+      expect(check.guestRootfs).toBe('rootfs / rootfs rw 0 0');
     }
   });
 
