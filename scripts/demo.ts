@@ -5,11 +5,12 @@
  * boots the result in QEMU when qemu-system-x86_64 is installed.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { ensureDebianKernel } from '../src/boot/kernel.ts';
 import { bootInitramfs, qemuCommand } from '../src/boot/qemu.ts';
+import type { Manifest } from '../src/manifest/manifest.ts';
 import { buildTestAgent } from '../test/helpers/agent.ts';
 import { REPO_ROOT } from '../test/helpers/cli.ts';
 import { languageImageSpec } from '../test/helpers/images.ts';
@@ -44,12 +45,15 @@ if (!hasCommand(qemuCommand('x86_64'))) {
   step('qemu-system-x86_64 is not installed: skipping the boot (apt-get install qemu-system-x86 to see it boot)');
   process.exit(0);
 }
-step("booting it with Debian's stock kernel in QEMU (TCG); the agent is /init");
+const entry = (JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest).images.find((image) => image.language === 'demo')!;
+step(`booting it as the manifest says (${entry.boot.cmdline}, ${entry.boot.minMemoryMiB} MiB) with Debian's stock kernel in QEMU (TCG); the agent is /init`);
 const kernel = await ensureDebianKernel('x86_64', join(homedir(), '.cache', 'rampack', 'kernels'));
 const boot = await bootInitramfs({
   arch: 'x86_64',
   kernel,
-  initrd: join(out, 'demo-1.0-x86_64.cpio.zst'),
+  initrd: join(out, entry.file),
+  kernelParameters: entry.boot.cmdline.split(' '),
+  memoryMiB: entry.boot.minMemoryMiB,
   agentArgs: ['image', ';;', 'run', 'lang-hello', ';;', 'run', 'uname', '-sr'],
   onOutput: (chunk) => process.stdout.write(chunk),
 });

@@ -16,6 +16,18 @@ import { TOOL_VERSION } from '../version.ts';
 export const MANIFEST_SCHEMA_VERSION = 2;
 export const MANIFEST_FILE = 'manifest.json';
 
+/** How the runtime must boot an entry (docs/runtime.md). */
+export interface BootRequirements {
+  /** Kernel parameters to pass before the runtime's own (console aside) and its "--" arguments. */
+  cmdline: string;
+  /** The smallest guest RAM, in MiB, at which the image boots with `cmdline` and runs a small workload. */
+  minMemoryMiB: number;
+  /** Oldest kernel release ("MAJOR.MINOR") with what the image needs. */
+  minKernel: string;
+  /** Kernel options the image needs, as "CONFIG_X=y". */
+  kernelConfig: string[];
+}
+
 export interface ManifestImage {
   language: string;
   version: string;
@@ -35,6 +47,7 @@ export interface ManifestImage {
   };
   agent: { sha256: string };
   env: string[];
+  boot: BootRequirements;
   /** The cell's input digest (src/recipe/plan.ts), in manifests merged from fragments. */
   inputDigest?: string;
 }
