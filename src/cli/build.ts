@@ -1,7 +1,8 @@
 /** `rampack build`: recipes, or one image given by flags, to initramfs files and a manifest. */
 import { join, resolve } from 'node:path';
 import { Command, Option } from 'commander';
-import { buildTarget, type BuildOptions } from '../build/build.ts';
+import { access } from 'node:fs/promises';
+import { buildTarget, targetLabel, type BuildOptions } from '../build/build.ts';
 import { isLocalSource } from '../build/source.ts';
 import { COMPRESSIONS, type Compression } from '../compress/index.ts';
 import { UsageError } from '../errors.ts';
@@ -14,6 +15,7 @@ import { inputDigest, selectCells } from '../recipe/plan.ts';
 import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from '../recipe/recipe.ts';
 import { defaultCacheDir } from '../registry/cache.ts';
 import { loadConfigMirrors, mergeMirrors, mirrorsFromFlags } from '../registry/mirrors.ts';
+import type { Logger } from '../util/log.ts';
 import { createOutput } from './progress.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
@@ -101,13 +103,34 @@ async function recipeTargetsFrom(paths: string[], flags: BuildFlags): Promise<Bu
   return targets;
 }
 
+/**
+ * Slim variants whose trace was never taken are left out with a warning, so a
+ * recipe gains a slim section before its images are traced; `--only KEY-slim`
+ * asks for one and fails without its trace. A trace of another image fails
+ * the variant's build (build.ts).
+ */
+async function withoutUntracedSlims(targets: BuildTarget[], log: Logger): Promise<BuildTarget[]> {
+  const kept: BuildTarget[] = [];
+  for (const target of targets) {
+    if (target.variant === 'slim' && !(await exists(target.slim!.traceFile))) {
+      log.warn(`${targetLabel(target)}: no trace ${target.slim!.traceFile}, slim variant not built; take it with: rampack slim ${target.origin} --version ${target.version} --arch ${target.arch}`);
+    } else kept.push(target);
+  }
+  return kept;
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(() => true, () => false);
+}
+
 async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   if (paths.length > 0 === Boolean(flags.image)) {
     throw new UsageError('give recipe files or directories, or --image REF --agent FILE, but not both');
   }
   const output = createOutput(flags);
   const log = output.log;
-  const targets = selectCells(flags.image ? [flagTarget(flags)] : await recipeTargetsFrom(paths, flags), flags.only);
+  const selected = selectCells(flags.image ? [flagTarget(flags)] : await recipeTargetsFrom(paths, flags), flags.only);
+  const targets = flags.only ? selected : await withoutUntracedSlims(selected, log);
   const outDir = resolve(flags.out);
   const sourceDateEpoch = process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : undefined;
   if (sourceDateEpoch !== undefined && !Number.isInteger(sourceDateEpoch)) {
@@ -126,7 +149,7 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   const built: ManifestImage[] = [];
   await output.runJobs(
     targets.map((target) => ({
-      label: `${target.language} ${target.version} ${target.arch}`,
+      label: targetLabel(target),
       run: async (reporter) => {
         const image = await buildTarget(await withPulledAgent(target, options), { ...options, reporter });
         reporter.start('write');

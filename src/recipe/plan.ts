@@ -9,21 +9,22 @@ import { InputError, UsageError } from '../errors.ts';
 import type { Arch } from '../image/source.ts';
 import { sha256Digest } from '../util/digest.ts';
 import { TOOL_VERSION } from '../version.ts';
-import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from './recipe.ts';
+import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget, type Variant } from './recipe.ts';
 
 export interface PlanCell {
   key: string;
   language: string;
   version: string;
   arch: Arch;
+  variant?: Variant;
   default: boolean;
   image: string;
   recipe: string;
   inputDigest: string;
 }
 
-export function cellKey(target: Pick<BuildTarget, 'language' | 'version' | 'arch'>): string {
-  return `${target.language}-${target.version}-${target.arch}`;
+export function cellKey(target: Pick<BuildTarget, 'language' | 'version' | 'arch' | 'variant'>): string {
+  return `${target.language}-${target.version}-${target.arch}${target.variant ? `-${target.variant}` : ''}`;
 }
 
 /** Every cell of the recipes, refusing two recipes that produce the same key. */
@@ -60,6 +61,8 @@ export async function inputDigest(target: BuildTarget): Promise<string> {
   for (const file of target.files ?? []) {
     files.push({ destination: file.destination, mode: file.mode, uid: file.uid, gid: file.gid, sha256: await fileSha256(file.source, 'extra file') });
   }
+  // A slim variant is made from its trace: a new trace is a new input.
+  const slim = target.variant === 'slim' && target.slim ? { keep: target.slim.keep, trace: await fileSha256(target.slim.traceFile, 'trace') } : null;
   const inputs = {
     tool: TOOL_VERSION,
     language: target.language,
@@ -73,6 +76,7 @@ export async function inputDigest(target: BuildTarget): Promise<string> {
     drop: target.drop ?? [],
     files,
     agent,
+    ...(slim ? { variant: target.variant, slim } : {}),
   };
   return sha256Digest(JSON.stringify(inputs));
 }
@@ -85,6 +89,7 @@ export async function planCells(targets: readonly BuildTarget[]): Promise<PlanCe
       language: target.language,
       version: target.version,
       arch: target.arch,
+      ...(target.variant ? { variant: target.variant } : {}),
       default: target.isDefault,
       image: target.image,
       recipe: target.origin,
