@@ -22,7 +22,7 @@ import type { BuildTarget } from '../recipe/recipe.ts';
 import { cellKey } from '../recipe/plan.ts';
 import { applyTreeOptions, extraFileReader } from '../recipe/tree-options.ts';
 import { readTraceFile, type SlimTrace } from '../slim/trace-file.ts';
-import { dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
+import { bytePath, dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
 import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
 import { formatBytes, silentLogger, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
 import { imageArchive, writeInitramfs, type ImageArchive, type WrittenInitramfs } from './archive.ts';
@@ -141,7 +141,9 @@ type ComposeTree = (layers: UnpackedLayer[], log: Logger) => Promise<ComposedTre
 
 function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, agentSha256: string, mtime: number, label: string, trace?: SlimTrace): ComposeTree {
   const read = extraFileReader(target.origin);
-  const slim = trace && { trace: trace.paths, keep: target.slim!.keep };
+  // The working directory is entered, never opened: the tracer cannot see it.
+  const workingDir = bytePath((image.config.config?.WorkingDir ?? '').replace(/^\/+/, ''));
+  const slim = trace && { trace: workingDir ? [...trace.paths, workingDir] : trace.paths, keep: target.slim!.keep };
   return async (layers, log) => {
     const flat = flattenLayers(layers);
     const tree = await applyTreeOptions(flat.entries, target, { mtime, log, label, read, slim });

@@ -1,7 +1,6 @@
 /** `rampack build`: recipes, or one image given by flags, to initramfs files and a manifest. */
 import { join, resolve } from 'node:path';
 import { Command, Option } from 'commander';
-import { access } from 'node:fs/promises';
 import { buildTarget, targetLabel, type BuildOptions } from '../build/build.ts';
 import { isLocalSource } from '../build/source.ts';
 import { COMPRESSIONS, type Compression } from '../compress/index.ts';
@@ -11,11 +10,10 @@ import { parseImageReference } from '../image/reference.ts';
 import { ARCHES, type Arch } from '../image/source.ts';
 import { fragmentPath, MANIFEST_FILE, mergeImages, readManifest, writeFragment, writeManifest, type ManifestImage } from '../manifest/manifest.ts';
 import { withPulledAgent } from '../recipe/agent-image.ts';
-import { inputDigest, selectCells } from '../recipe/plan.ts';
+import { inputDigest, selectCells, withoutUntracedSlims } from '../recipe/plan.ts';
 import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from '../recipe/recipe.ts';
 import { defaultCacheDir } from '../registry/cache.ts';
 import { loadConfigMirrors, mergeMirrors, mirrorsFromFlags } from '../registry/mirrors.ts';
-import type { Logger } from '../util/log.ts';
 import { createOutput } from './progress.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
@@ -103,26 +101,6 @@ async function recipeTargetsFrom(paths: string[], flags: BuildFlags): Promise<Bu
   return targets;
 }
 
-/**
- * Slim variants whose trace was never taken are left out with a warning, so a
- * recipe gains a slim section before its images are traced; `--only KEY-slim`
- * asks for one and fails without its trace. A trace of another image fails
- * the variant's build (build.ts).
- */
-async function withoutUntracedSlims(targets: BuildTarget[], log: Logger): Promise<BuildTarget[]> {
-  const kept: BuildTarget[] = [];
-  for (const target of targets) {
-    if (target.variant === 'slim' && !(await exists(target.slim!.traceFile))) {
-      log.warn(`${targetLabel(target)}: no trace ${target.slim!.traceFile}, slim variant not built; take it with: rampack slim ${target.origin} --version ${target.version} --arch ${target.arch}`);
-    } else kept.push(target);
-  }
-  return kept;
-}
-
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(() => true, () => false);
-}
-
 async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   if (paths.length > 0 === Boolean(flags.image)) {
     throw new UsageError('give recipe files or directories, or --image REF --agent FILE, but not both');
@@ -130,7 +108,7 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   const output = createOutput(flags);
   const log = output.log;
   const selected = selectCells(flags.image ? [flagTarget(flags)] : await recipeTargetsFrom(paths, flags), flags.only);
-  const targets = flags.only ? selected : await withoutUntracedSlims(selected, log);
+  const targets = flags.only ? selected : await withoutUntracedSlims(selected, (message) => log.warn(message));
   const outDir = resolve(flags.out);
   const sourceDateEpoch = process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : undefined;
   if (sourceDateEpoch !== undefined && !Number.isInteger(sourceDateEpoch)) {

@@ -4,7 +4,7 @@
  * printed by `rampack plan --json` in the form a GitHub Actions matrix takes
  * (`{"include": [...]}`); `rampack build --only KEY` builds one cell.
  */
-import { readFile } from 'node:fs/promises';
+import { access, readFile } from 'node:fs/promises';
 import { InputError, UsageError } from '../errors.ts';
 import type { Arch } from '../image/source.ts';
 import { sha256Digest } from '../util/digest.ts';
@@ -38,6 +38,22 @@ export async function loadTargets(paths: readonly string[]): Promise<BuildTarget
     }
   }
   return [...byKey.values()];
+}
+
+/**
+ * Slim variants whose trace was never taken are left out (with a warning), so
+ * a recipe can gain a slim section before its images are traced; `build --only
+ * KEY-slim` asks for one and fails without its trace. A trace of another image
+ * fails the variant's build (build/build.ts).
+ */
+export async function withoutUntracedSlims(targets: readonly BuildTarget[], warn: (message: string) => void): Promise<BuildTarget[]> {
+  const kept: BuildTarget[] = [];
+  for (const target of targets) {
+    if (target.variant === 'slim' && !(await access(target.slim!.traceFile).then(() => true, () => false))) {
+      warn(`${cellKey(target)}: no trace ${target.slim!.traceFile}, slim variant left out; take it with: rampack slim ${target.origin} --version ${target.version} --arch ${target.arch}`);
+    } else kept.push(target);
+  }
+  return kept;
 }
 
 async function fileSha256(path: string, what: string): Promise<string> {

@@ -546,7 +546,6 @@ static void on_syscall_stop(pid_t pid, path_set *missing) {
         int argument = path_argument(t->number);
         t->path_address = argument < 0 ? 0 : SYSCALL_ARG(regs, argument);
         t->dirfd = argument == 1 ? (int)SYSCALL_ARG(regs, 0) : AT_FDCWD;
-        /* execve that succeeds never returns to the same registers: its stop comes as an exec event */
         return;
     }
     if (t->path_address != 0 && SYSCALL_RESULT(regs) == -ENOENT) {
@@ -560,6 +559,7 @@ static void on_syscall_stop(pid_t pid, path_set *missing) {
 static int trace_missing(pid_t child, path_set *missing) {
     int status;
     if (waitpid(child, &status, __WALL) < 0) fail("waitpid: %s", strerror(errno));
+    if (!WIFSTOPPED(status)) return status; /* it never got as far as its stop */
     long options = PTRACE_O_TRACESYSGOOD | PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL;
     if (ptrace(PTRACE_SETOPTIONS, child, 0, (void *)options) != 0) fail("ptrace: %s", strerror(errno));
     ptrace(PTRACE_SYSCALL, child, 0, 0);
@@ -577,7 +577,7 @@ static int trace_missing(pid_t child, path_set *missing) {
         }
         int signal = 0;
         if (WSTOPSIG(status) == (SIGTRAP | 0x80)) on_syscall_stop(pid, missing);
-        else if (status >> 16 == PTRACE_EVENT_EXEC) tracee_of(pid)->in_syscall = 0;
+        /* Event stops (fork, exec...) come between a syscall's entry and exit stops: they change nothing. */
         else if (status >> 16 == 0 && WSTOPSIG(status) != SIGSTOP && WSTOPSIG(status) != SIGTRAP) signal = WSTOPSIG(status);
         ptrace(PTRACE_SYSCALL, pid, 0, (void *)(long)signal);
     }
@@ -659,6 +659,11 @@ static pid_t start_command(char **argv, const image_config *config, identity use
     char *empty[] = {NULL};
     char **env = config->env ? config->env : empty;
     const char *directory = config->working_dir && *config->working_dir ? config->working_dir : "/";
+    if (traced) {
+        /* Stopped before anything else, so the parent's ptrace options hold for all of it. */
+        ptrace(PTRACE_TRACEME, 0, 0, 0);
+        raise(SIGSTOP);
+    }
     if (setgroups(0, NULL) != 0 || setgid(user.gid) != 0 || setuid(user.uid) != 0) {
         printf("RAMPACK-SLIM error: cannot become %u:%u: %s\n", (unsigned)user.uid, (unsigned)user.gid, strerror(errno));
         _exit(126);
@@ -666,10 +671,6 @@ static pid_t start_command(char **argv, const image_config *config, identity use
     if (chdir(directory) != 0) {
         printf("RAMPACK-SLIM error: chdir %s: %s\n", directory, strerror(errno));
         _exit(126);
-    }
-    if (traced) {
-        ptrace(PTRACE_TRACEME, 0, 0, 0);
-        raise(SIGSTOP);
     }
     exec_in_path(argv, env);
     printf("RAMPACK-SLIM error: exec %s: %s\n", argv[0], strerror(errno));
