@@ -7,12 +7,12 @@ import { createHash, createPublicKey, verify } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
-export interface ManifestEntry { language: string; version: string; default: boolean; arch: string; file: string; sha256: string; size: number }
+export interface ManifestEntry { language: string; version: string; default: boolean; arch: string; variant?: string; file: string; sha256: string; size: number }
 export interface Manifest { schemaVersion: number; images: ManifestEntry[] }
 
-export function selectImage(manifest: Manifest, language: string, arch: string, version?: string): ManifestEntry {
+export function selectImage(manifest: Manifest, language: string, arch: string, version?: string, variant?: 'slim'): ManifestEntry {
   if (manifest.schemaVersion !== 1) throw new Error(`manifest schemaVersion ${manifest.schemaVersion} is not supported`);
-  const image = manifest.images.find((i) => i.language === language && i.arch === arch && (version === undefined ? i.default : i.version === version));
+  const image = manifest.images.find((i) => i.language === language && i.arch === arch && i.variant === variant && (version === undefined ? i.default : i.version === version));
   if (!image) throw new Error(`no ${language} ${version ?? '(default version)'} for ${arch}`);
   return image;
 }

@@ -147,7 +147,7 @@ function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, 
   return async (layers, log) => {
     const flat = flattenLayers(layers);
     const tree = await applyTreeOptions(flat.entries, target, { mtime, log, label, read, slim });
-    const injected = injectAgent(tree, {
+    const injected = injectAgent(tree.entries, {
       image,
       language: target.language,
       version: target.version,
@@ -157,6 +157,7 @@ function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, 
       extraEnv: target.env,
       droppedXattrs: flat.droppedXattrs,
       mtime,
+      ...(tree.slim ? { slim: tree.slim } : {}),
     });
     return { flat, injected };
   };

@@ -5,6 +5,7 @@ import { Command } from 'commander';
 import { UsageError } from '../errors.ts';
 import { inspectImage, type ImageInspection } from '../inspect/image.ts';
 import { readInitramfs, summarize, type InitramfsSummary } from '../inspect/initramfs.ts';
+import type { SlimSummary } from '../recipe/tree-options.ts';
 import { defaultCacheDir } from '../registry/cache.ts';
 import { formatBytes, lineLogger } from '../util/log.ts';
 import { columns, printJson, printLines } from './format.ts';
@@ -36,6 +37,13 @@ function imageLine(imageJson: unknown): string {
   return `${image.language} ${image.version} ${image.arch} from ${image.image?.reference} (${image.image?.manifestDigest})`;
 }
 
+/** A slim variant's line: what its slim step kept and dropped (from image.json). */
+function slimLine(imageJson: unknown): string[] {
+  const slim = (imageJson as { slim?: SlimSummary } | null)?.slim;
+  if (!slim) return [];
+  return [`slim         kept ${slim.keptEntries} entries (${formatBytes(slim.keptBytes)} of file data), dropped ${slim.removedEntries} entries (${formatBytes(slim.droppedBytes)})`];
+}
+
 function initramfsReport(summary: InitramfsSummary): string[] {
   return [
     `file         ${summary.file}`,
@@ -44,6 +52,7 @@ function initramfsReport(summary: InitramfsSummary): string[] {
     `file data    ${formatBytes(summary.fileBytes)}`,
     `agent        ${summary.agent ? `${summary.agent.path} sha256:${summary.agent.sha256} (${formatBytes(summary.agent.size)})` : 'none (no /init)'}`,
     `image        ${imageLine(summary.imageJson)}`,
+    ...slimLine(summary.imageJson),
     '',
     'size by top-level directory:',
     ...columns(summary.topLevelDirectories.map((dir) => [dir.path, formatBytes(dir.bytes), `${dir.files} file${dir.files === 1 ? '' : 's'}`])),

@@ -121,22 +121,34 @@ export function extraFileReader(origin: string): (file: ExtraFile) => Promise<Bu
   };
 }
 
+/** What the slim step kept and dropped, for the build log and /etc/rampack/image.json (`rampack inspect`). */
+export interface SlimSummary {
+  keptEntries: number;
+  removedEntries: number;
+  /** File data kept and dropped (hard links once). */
+  keptBytes: number;
+  droppedBytes: number;
+}
+
 /** Applies a target's drop, slim and files options to a flattened tree, logging what drop and slim saved. */
 export async function applyTreeOptions(
   entries: readonly TreeEntry[],
   target: Pick<BuildTarget, 'drop' | 'files' | 'origin' | 'arch'>,
   context: { mtime: number; log: Logger; label: string; read?: (file: ExtraFile) => Promise<Buffer>; slim?: { trace: readonly string[]; keep: readonly string[] } },
-): Promise<TreeEntry[]> {
+): Promise<{ entries: TreeEntry[]; slim?: SlimSummary }> {
   const dropped = dropPaths(entries, target.drop ?? []);
   if (target.drop?.length) {
     context.log.info(`${context.label}: drop removed ${dropped.removed} entries, ${dropped.bytesSaved} bytes of file data saved`);
   }
   let tree = dropped.entries;
+  let summary: SlimSummary | undefined;
   if (context.slim !== undefined) {
     const slimmed = await slimTree(tree, { ...context.slim, arch: target.arch });
     const keptBytes = treeDifference(tree, []).bytesSaved - slimmed.bytesSaved;
+    summary = { keptEntries: slimmed.entries.length, removedEntries: slimmed.removed, keptBytes, droppedBytes: slimmed.bytesSaved };
     context.log.info(`${context.label}: slim kept ${slimmed.entries.length} of ${tree.length} entries, removed ${slimmed.removed} entries, ${slimmed.bytesSaved} bytes of file data saved (${keptBytes} kept)`);
     tree = slimmed.entries;
   }
-  return addFiles(tree, target.files ?? [], context.mtime, target.origin, context.read);
+  const withFiles = await addFiles(tree, target.files ?? [], context.mtime, target.origin, context.read);
+  return summary ? { entries: withFiles, slim: summary } : { entries: withFiles };
 }

@@ -19,6 +19,7 @@ import { workloadMemoryMiB } from '../../src/cli/slim.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
 import { REPO_ROOT, runRampack } from '../helpers/cli.ts';
 import { KERNEL_CACHE } from '../helpers/debian.ts';
+import { languageImageSpec } from '../helpers/images.ts';
 import { interpreterImageSpec } from '../helpers/interpreter-image.ts';
 import { writeOciLayout } from '../helpers/oci-builder.ts';
 import { ensureTools, TOOLS } from '../helpers/system.ts';
@@ -98,6 +99,8 @@ describe('rampack slim on a Python image from Debian packages', () => {
     for (const file of ['python-3.11-x86_64-slim.cpio.zst', 'python-3.11-x86_64.cpio.zst']) {
       expect((await readFile(join(rebuilt, file))).equals(await readFile(join(traced, file)))).toBe(true);
     }
+    const inspected = await runRampack(['inspect', join(rebuilt, 'python-3.11-x86_64-slim.cpio.zst')]);
+    expect(inspected.stdout).toMatch(/^slim {9}kept \d+ entries \(.+ of file data\), dropped \d+ entries \(.+\)$/m);
     const plan = await runRampack(['plan', recipe, '--json']);
     expect(plan.code).toBe(0);
     expect(JSON.parse(plan.stdout).include.map((cell: { key: string }) => cell.key)).toEqual(['python-3.11-x86_64', 'python-3.11-x86_64-slim']);
@@ -132,3 +135,28 @@ describe('rampack slim on a Python image from Debian packages', () => {
     expect(result.stderr).toContain('missing from the slim image: /usr/bin/cpp-12');
   }, 1_200_000);
 });
+
+describe('the tracer on aarch64', () => {
+  it('records what a command opens in an aarch64 image under qemu-system-aarch64 -M virt', async () => {
+    ensureTools(TOOLS.qemuArm);
+    const layout = join(work, 'arm-layout');
+    const out = join(work, 'arm-out');
+    await writeOciLayout(layout, languageImageSpec('arm64'), '1.0');
+    const built = await runRampack(['build', '--image', `oci:${layout}:1.0`, '--agent', await buildTestAgent('aarch64'), '--arch', 'aarch64', '--language', 'lang', '--version', '1.0', '--compression', 'zstd', '--out', out, '--cache', cache]);
+    expect(built.code).toBe(0);
+    const run = await runTracer({
+      arch: 'aarch64',
+      kernel: await ensureDebianKernel('aarch64', KERNEL_CACHE),
+      initramfs: join(out, 'lang-1.0-aarch64.cpio.zst'),
+      commands: [['sh', '-c', 'cat /etc/motd'], ['lang-hello']],
+      mode: 'trace',
+      cacheDir: cache,
+      memoryMiB: 512,
+      timeoutMs: 600_000,
+    });
+    expect(run.output).toContain('patched motd');
+    expect(run.exits).toEqual([0, 0]);
+    expect(run.paths).toEqual(expect.arrayContaining(['/bin/busybox', '/etc/motd', '/opt/lang/bin/lang-hello']));
+  }, 900_000);
+});
+
