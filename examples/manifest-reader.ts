@@ -11,7 +11,7 @@ export interface ManifestEntry { language: string; version: string; default: boo
 export interface Manifest { schemaVersion: number; images: ManifestEntry[] }
 
 export function selectImage(manifest: Manifest, language: string, arch: string, version?: string, variant?: 'slim'): ManifestEntry {
-  if (manifest.schemaVersion !== 1) throw new Error(`manifest schemaVersion ${manifest.schemaVersion} is not supported`);
+  if (manifest.schemaVersion !== 2) throw new Error(`manifest schemaVersion ${manifest.schemaVersion} is not supported`);
   const image = manifest.images.find((i) => i.language === language && i.arch === arch && i.variant === variant && (version === undefined ? i.default : i.version === version));
   if (!image) throw new Error(`no ${language} ${version ?? '(default version)'} for ${arch}`);
   return image;

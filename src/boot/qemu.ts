@@ -16,6 +16,8 @@ export interface BootOptions {
   initrd: string;
   /** Arguments for /init, passed after "--" on the kernel command line. */
   agentArgs?: string[];
+  /** Kernel parameters before rampack's own (an entry's boot.cmdline, rdinit=...). */
+  kernelParameters?: readonly string[];
   memoryMiB?: number;
   timeoutMs?: number;
   /** Called with console output as it arrives (e.g. to stream it to a terminal). */
@@ -67,10 +69,12 @@ export function checkQemu(arch: Arch): void {
 }
 
 /**
- * The kernel command line. Spaces separate parameters and quoting is not
- * reliable after "--", so an argument with a space cannot reach init intact.
+ * The kernel command line: `parameters` (e.g. the manifest entry's
+ * boot.cmdline), the console, then init's arguments after "--". Spaces
+ * separate parameters and quoting is not reliable after "--", so an argument
+ * with a space cannot reach init intact.
  */
-export function kernelCommandLine(arch: Arch, agentArgs: readonly string[]): string {
+export function kernelCommandLine(arch: Arch, agentArgs: readonly string[], parameters: readonly string[] = []): string {
   if (agentArgs.length > MAX_INIT_ARGS) {
     throw new UsageError(`too many agent arguments (${agentArgs.length}): the kernel passes at most ${MAX_INIT_ARGS} to init`);
   }
@@ -81,7 +85,7 @@ export function kernelCommandLine(arch: Arch, agentArgs: readonly string[]): str
       });
     }
   }
-  const parts = [`console=${MACHINES[arch].console}`, 'panic=-1', 'quiet'];
+  const parts = [...parameters, `console=${MACHINES[arch].console}`, 'panic=-1', 'quiet'];
   if (agentArgs.length > 0) parts.push('--', ...agentArgs);
   const commandLine = parts.join(' ');
   if (commandLine.length >= MAX_COMMAND_LINE) {
@@ -101,7 +105,7 @@ export function qemuArguments(options: BootOptions): string[] {
     '-no-reboot', // with panic=-1 a guest panic ends QEMU instead of rebooting forever
     '-kernel', options.kernel,
     '-initrd', options.initrd,
-    '-append', kernelCommandLine(options.arch, options.agentArgs ?? []),
+    '-append', kernelCommandLine(options.arch, options.agentArgs ?? [], options.kernelParameters),
   ];
 }
 

@@ -10,6 +10,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { checkAgentBinary } from '../agent/elf.ts';
 import { injectAgent, type DroppedXattr, type InjectedTree } from '../agent/inject.ts';
+import { treeFootprint } from '../boot/memory.ts';
+import { bootRequirements } from '../boot/requirements.ts';
 import { describeCompressor, describeGunzip, fileExtension } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
 import { resolveImage } from '../image/resolve.ts';
@@ -169,14 +171,19 @@ function reportTree({ flat, injected }: ComposedTree, log: Logger, reporter: Bui
   reporter.end('flatten', `${injected.image.length + injected.added.length} entries`);
 }
 
-/** File sizes of a tree, each hard-link group counted once (the kernel stores its data once). */
-function treeFiles(entries: readonly TreeEntry[]): { path: string; size: number }[] {
+/** Each entry with the data bytes the kernel stores for it: a hard-link group's data once, on its first member. */
+function storedEntries(entries: readonly TreeEntry[]): { entry: TreeEntry; type: string; size: number; linked: boolean }[] {
   const seenInodes = new Set<number>();
-  return entries.flatMap((entry) => {
-    if (entry.type !== 'file' || (entry.inode !== undefined && seenInodes.has(entry.inode))) return [];
+  return entries.map((entry) => {
+    const linked = entry.inode !== undefined && seenInodes.has(entry.inode);
     if (entry.inode !== undefined) seenInodes.add(entry.inode);
-    return [{ path: displayPath(entry.path), size: dataSize(entry) }];
+    return { entry, type: entry.type, size: linked ? 0 : dataSize(entry), linked };
   });
+}
+
+/** File sizes of a tree, each hard-link group counted once. */
+function treeFiles(stored: ReturnType<typeof storedEntries>): { path: string; size: number }[] {
+  return stored.filter(({ type, linked }) => type === 'file' && !linked).map(({ entry, size }) => ({ path: displayPath(entry.path), size }));
 }
 
 function warnDroppedXattrs(xattrs: readonly DroppedXattr[], log: Logger, label: string): void {
@@ -243,10 +250,13 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   const reused = written.unchanged ? ', file unchanged' : base.fromCache ? ', image part from cache' : '';
   reporter.end('compress', `${formatBytes(written.uncompressedBytes)} -> ${formatBytes(written.size)} (${target.compression}, ${ratio}x${reused})`);
   options.log.info(`${label}: wrote ${file} (${entries.length} entries, ${written.uncompressedBytes} -> ${written.size} bytes${reused})`);
-  const directories = sizeByDirectory(treeFiles(entries), 2).slice(0, 5);
+  const stored = storedEntries(entries);
+  const directories = sizeByDirectory(treeFiles(stored), 2).slice(0, 5);
   options.log.debug(`${label}: largest directories: ${directories.map((dir) => `${dir.path} ${formatBytes(dir.bytes)}`).join(', ')}`);
+  const boot = bootRequirements({ arch: target.arch, compression: target.compression, compressedBytes: written.size, tree: treeFootprint(stored) });
   if (target.memoryBudget !== undefined) {
-    const warning = memoryBudgetWarning({ label, budgetBytes: target.memoryBudget, compressedBytes: written.size, uncompressedBytes: written.uncompressedBytes, directories });
+    const check = { label, budgetBytes: target.memoryBudget, minMemoryMiB: boot.minMemoryMiB, compressedBytes: written.size, uncompressedBytes: written.uncompressedBytes, directories };
+    const warning = memoryBudgetWarning(check);
     if (warning !== undefined) options.log.warn(warning);
   }
   return {
@@ -268,5 +278,6 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
     },
     agent: { sha256: agentSha256 },
     env: injected.imageJson.env,
+    boot,
   };
 }

@@ -1,7 +1,7 @@
 /**
  * `rampack slim RECIPE`: takes the trace a slim variant is built from, and
  * proves the slim image. For each cell of a recipe with a `slim:` section it
- * builds the full image, boots it with the slim tracer (src/slim/tracer.c)
+ * builds the full image, boots it with the slim tracer (src/boot/probe/tracer.c)
  * running the smoke command and the workload, writes the trace file next to
  * the recipe (committed and reviewed; `rampack build` makes the slim variant
  * from it without booting), builds the slim variant, and boots that with the
@@ -38,17 +38,12 @@ interface SlimFlags extends RegistryFlags {
   verbose?: boolean;
 }
 
-const MIB = 1024 * 1024;
-/** Guest memory the workload may use on top of the unpacked tree (a Go build needs a few hundred MiB). */
-const WORKLOAD_HEADROOM_MIB = 512;
+/** Guest memory the workload may use on top of what the image needs to boot (a Go build takes a few hundred MiB). */
+const WORKLOAD_HEADROOM_MIB = 768;
 
-/**
- * Memory for booting an image and running a workload in it: the rootfs tmpfs
- * is capped at half the guest's RAM, so twice the unpacked tree, plus the
- * compressed file (in RAM until unpacked), plus headroom for the workload.
- */
-export function workloadMemoryMiB(image: Pick<ManifestImage, 'size' | 'uncompressedSize'>): number {
-  return Math.ceil((2 * image.uncompressedSize + image.size) / MIB) + WORKLOAD_HEADROOM_MIB;
+/** Memory for booting an image and running a workload in it: its published minimum plus the workload's headroom. */
+export function workloadMemoryMiB(image: Pick<ManifestImage, 'boot'>): number {
+  return image.boot.minMemoryMiB + WORKLOAD_HEADROOM_MIB;
 }
 
 function positiveNumber(flag: string): (text: string) => number {
@@ -83,6 +78,7 @@ async function boot(target: BuildTarget, image: ManifestImage, mode: TracerMode,
     arch: target.arch,
     kernel,
     initramfs: join(options.outDir, image.file),
+    cmdline: image.boot.cmdline,
     commands: commandsOf(target),
     workloadFiles: target.slim!.workloadFiles,
     mode,
@@ -172,7 +168,7 @@ export function slimCommand(): Command {
     .option('--out <dir>', 'output directory for the initramfs files and manifest.json', 'out')
     .option('--cache <dir>', 'blob, layer, kernel and tracer cache (default: ~/.cache/rampack)')
     .option('--kernel <path>', 'kernel image to boot (default: Debian\'s, fetched into the cache)')
-    .option('--memory <MiB>', 'VM memory (default: twice the unpacked image + the file + 512 MiB for the workload)', positiveNumber('--memory'))
+    .option('--memory <MiB>', 'VM memory (default: the entry\'s boot.minMemoryMiB + 768 MiB for the workload)', positiveNumber('--memory'))
     .option('--timeout <seconds>', 'give up on a VM after this long', positiveNumber('--timeout'), 1800);
   return addRegistryFlags(command)
     .option('-q, --quiet', 'print warnings and errors only')

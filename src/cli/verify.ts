@@ -1,24 +1,25 @@
 /**
  * `rampack verify --boot`: boots built initramfs images in QEMU with a stock
- * kernel and runs a smoke command through the agent, the way CI checks images
- * before publishing. The agent contract is the test agent's
- * (test/fixtures/agent.c): it prints "RAMPACK-AGENT ready" when it starts,
- * runs `run CMD ARGS...` from its kernel command line, prints
- * "RAMPACK-RUN exit=N" and "RAMPACK-AGENT done", and powers off.
+ * kernel, the way CI checks images before publishing: the exact published
+ * file, with the entry's boot.cmdline and boot.minMemoryMiB, a probe init
+ * standing in for whatever agent is inside (src/boot/check.ts). With
+ * --find-min-memory it measures the smallest memory each image boots in.
  */
-import { stat } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Command, Option } from 'commander';
+import { checkBoot, findMinimumMemory, type BootCheck, type BootTarget, type MemorySearch } from '../boot/check.ts';
 import { ensureDebianKernel } from '../boot/kernel.ts';
-import { bootInitramfs, checkQemu } from '../boot/qemu.ts';
+import { checkQemu } from '../boot/qemu.ts';
+import { bootTargets } from '../boot/targets.ts';
+import { WORKLOAD_HEADROOM_MIB } from '../boot/memory.ts';
 import { InputError, UsageError, VerificationError } from '../errors.ts';
 import { ARCHES, type Arch } from '../image/source.ts';
-import { readInitramfs } from '../inspect/initramfs.ts';
-import { MANIFEST_FILE, readManifest } from '../manifest/manifest.ts';
 import { loadRecipe } from '../recipe/recipe.ts';
 import { defaultCacheDir } from '../registry/cache.ts';
 import { formatDuration, lineLogger, type Logger } from '../util/log.ts';
 import { printJson, printLines } from './format.ts';
+
+export type { BootCheck, MemorySearch } from '../boot/check.ts';
 
 interface VerifyFlags {
   boot?: boolean;
@@ -28,43 +29,13 @@ interface VerifyFlags {
   arch?: Arch;
   cache?: string;
   timeout: number;
-  memory: number;
+  memory?: number;
+  findMinMemory?: boolean;
+  step: number;
   json?: boolean;
   quiet?: boolean;
   verbose?: boolean;
 }
-
-/** One initramfs to boot. */
-interface BootTarget {
-  label: string;
-  file: string;
-  arch: Arch;
-  language?: string;
-}
-
-export interface BootCheck {
-  label: string;
-  file: string;
-  arch: Arch;
-  kernel: string;
-  smoke: string[];
-  passed: boolean;
-  /** Why it failed. */
-  reason?: string;
-  /** From starting QEMU to the agent's ready line; null when it never came. */
-  agentReadyMs: number | null;
-  /** The guest's uptime when the agent started, as the agent reports it. */
-  guestUptimeSeconds: number | null;
-  smokeExit: number | null;
-  /** What the smoke command printed. */
-  smokeOutput: string;
-  durationMs: number;
-}
-
-const READY = /^RAMPACK-AGENT ready pid=\d+ uptime=([\d.]+|-)$/m;
-const RUN_EXIT = /^RAMPACK-RUN exit=(\d+)$/m;
-const AGENT_ERROR = /^RAMPACK-AGENT error: (.*)$/m;
-const DONE = /^RAMPACK-AGENT done$/m;
 
 function positiveNumber(flag: string): (text: string) => number {
   return (text) => {
@@ -112,37 +83,9 @@ async function recipeSettings(flags: VerifyFlags): Promise<RecipeSettings> {
   return { smoke: recipe.smoke, language: recipe.language, kernels: recipe.kernel };
 }
 
-async function manifestTargets(manifestPath: string): Promise<BootTarget[]> {
-  const manifest = await readManifest(manifestPath);
-  if (manifest.images.length === 0) throw new InputError(`manifest ${manifestPath} lists no images`, { hint: 'run rampack build first' });
-  return manifest.images.map((image) => ({
-    label: `${image.language} ${image.version} ${image.arch}`,
-    file: join(dirname(manifestPath), image.file),
-    arch: image.arch,
-    language: image.language,
-  }));
-}
-
-/** An initramfs file on its own: its arch from --arch, else from its /etc/rampack/image.json. */
-async function fileTarget(file: string, arch: Arch | undefined): Promise<BootTarget> {
-  const image = (await readInitramfs(file)).imageJson as { language?: string; version?: string; arch?: string } | undefined;
-  const chosen = arch ?? image?.arch;
-  if (!ARCHES.includes(chosen as Arch)) {
-    throw new InputError(`cannot tell the architecture of ${file}: it has no /etc/rampack/image.json naming one`, { hint: 'pass --arch x86_64 or --arch aarch64' });
-  }
-  return { label: image ? `${image.language} ${image.version} ${chosen}` : basename(file), file, arch: chosen as Arch, language: image?.language };
-}
-
-async function bootTargets(paths: readonly string[], flags: VerifyFlags, language: string | undefined): Promise<BootTarget[]> {
-  const targets: BootTarget[] = [];
-  for (const path of paths) {
-    const info = await stat(path).catch(() => {
-      throw new InputError(`${path} does not exist`, { hint: 'pass out/manifest.json, an output directory, or an initramfs file' });
-    });
-    const manifestPath = info.isDirectory() ? join(path, MANIFEST_FILE) : path;
-    if (info.isDirectory() || path.endsWith('.json')) targets.push(...(await manifestTargets(manifestPath)));
-    else targets.push(await fileTarget(path, flags.arch));
-  }
+/** The targets the paths name, filtered by --arch and the recipe's language. */
+async function chosenTargets(paths: readonly string[], flags: VerifyFlags, language: string | undefined): Promise<BootTarget[]> {
+  const targets = await bootTargets(paths, flags.arch);
   const chosen = targets.filter((target) => (!flags.arch || target.arch === flags.arch) && (!language || !target.language || target.language === language));
   if (chosen.length === 0) throw new UsageError('nothing to boot: the --arch and --recipe filters leave no image');
   return chosen;
@@ -157,82 +100,50 @@ function kernelFor(arch: Arch, flags: VerifyFlags, recipeKernels: RecipeSettings
   return ensureDebianKernel(arch, join(resolve(flags.cache ?? defaultCacheDir()), 'kernels'));
 }
 
-/** Lines the smoke command printed: between the ready line and its exit line. */
-function smokeOutputOf(screen: string): string {
-  const start = screen.search(READY);
-  const end = screen.search(RUN_EXIT);
-  if (start < 0 || end < 0) return '';
-  return screen.slice(screen.indexOf('\n', start) + 1, end).trimEnd();
+function resultLine(check: BootCheck): string {
+  const started = check.initStartedMs === null ? 'init never started' : `init started in ${formatDuration(check.initStartedMs)}`;
+  const outcome = check.passed ? `\`${check.smoke.join(' ')}\` exit 0` : `${check.failure!.kind}: ${check.failure!.message}`;
+  return `${check.passed ? 'PASS' : 'FAIL'} ${check.label} (${check.file}) at ${check.memoryMiB} MiB: ${started}, ${outcome}; ${formatDuration(check.durationMs)} in all`;
 }
 
-function failureReason(screen: string, timedOut: boolean, timeoutMs: number, smokeExit: number | null): string | undefined {
-  const agentError = AGENT_ERROR.exec(screen)?.[1];
-  if (agentError) return `the agent failed: ${agentError}`;
-  if (!READY.test(screen)) {
-    const tail = screen.trim().split('\n').slice(-3).join(' / ');
-    return `${timedOut ? `no agent after ${formatDuration(timeoutMs)}` : 'the VM stopped before the agent started'}; console ends: ${tail || '(nothing)'}`;
-  }
-  if (smokeExit === null) return timedOut ? `the smoke command did not finish within ${formatDuration(timeoutMs)}` : 'the smoke command did not report an exit status';
-  if (smokeExit !== 0) return `the smoke command exited ${smokeExit}`;
-  if (!DONE.test(screen)) return 'the agent did not finish';
-  return undefined;
+function searchLine(search: MemorySearch): string {
+  if (search.measuredMiB === null) return `FAIL ${search.label}: does not boot even at ${search.failedMiB} MiB (${search.failure?.kind}: ${search.failure?.message})`;
+  const margin = Math.round(((search.publishedMiB - search.measuredMiB) / search.measuredMiB) * 100);
+  const below = search.failedMiB === null ? '' : `, fails at ${search.failedMiB} MiB (${search.failure!.kind})`;
+  return (
+    `${search.publishedMiB >= search.measuredMiB ? 'MIN' : 'UNSAFE'} ${search.label}: boots at ${search.measuredMiB} MiB${below}; ` +
+    `published boot.minMemoryMiB ${search.publishedMiB} (${margin >= 0 ? '+' : ''}${margin}%), ${search.trials.length} boots`
+  );
 }
 
-async function bootCheck(target: BootTarget, { smoke, kernels }: RecipeSettings, flags: VerifyFlags, log: Logger): Promise<BootCheck> {
-  checkQemu(target.arch);
-  const kernel = await kernelFor(target.arch, flags, kernels);
-  log.info(`${target.label}: booting ${target.file} with ${kernel}`);
-  const started = performance.now();
-  let agentReadyMs: number | null = null;
-  let screen = '';
-  const boot = await bootInitramfs({
-    arch: target.arch,
+interface Context {
+  settings: RecipeSettings;
+  flags: VerifyFlags;
+  log: Logger;
+  cacheDir: string;
+}
+
+function checkOptions(kernel: string, { settings, flags, log, cacheDir }: Context, target: BootTarget) {
+  return {
     kernel,
-    initrd: target.file,
-    agentArgs: ['run', ...smoke],
+    smoke: settings.smoke,
     memoryMiB: flags.memory,
+    cacheDir,
     timeoutMs: flags.timeout * 1000,
-    onOutput: (chunk) => {
-      screen += chunk.replace(/\r/g, '');
-      if (agentReadyMs === null && READY.test(screen)) agentReadyMs = Math.round(performance.now() - started);
+    onConsole: (chunk: string) => {
       for (const line of chunk.split(/\r?\n/).filter(Boolean)) log.debug(`${target.label}: console: ${line}`);
     },
-  });
-  const exit = RUN_EXIT.exec(boot.output)?.[1];
-  const smokeExit = exit === undefined ? null : Number(exit);
-  const reason = failureReason(boot.output, boot.timedOut, flags.timeout * 1000, smokeExit);
-  const uptime = READY.exec(boot.output)?.[1];
-  return {
-    label: target.label,
-    file: target.file,
-    arch: target.arch,
-    kernel,
-    smoke,
-    passed: reason === undefined,
-    ...(reason === undefined ? {} : { reason }),
-    agentReadyMs,
-    guestUptimeSeconds: uptime === undefined || uptime === '-' ? null : Number(uptime),
-    smokeExit,
-    smokeOutput: smokeOutputOf(boot.output),
-    durationMs: Math.round(performance.now() - started),
   };
 }
 
-function resultLine(check: BootCheck): string {
-  const ready = check.agentReadyMs === null ? 'agent never ready' : `agent ready in ${formatDuration(check.agentReadyMs)}`;
-  const outcome = check.passed ? `\`${check.smoke.join(' ')}\` exit 0` : check.reason;
-  return `${check.passed ? 'PASS' : 'FAIL'} ${check.label} (${check.file}): ${ready}, ${outcome}; ${formatDuration(check.durationMs)} in all`;
-}
-
-async function runVerify(paths: string[], flags: VerifyFlags): Promise<void> {
-  if (!flags.boot) throw new UsageError('verify needs --boot (booting is the only check it makes)', { hint: 'rampack verify --boot out/manifest.json --smoke "CMD"' });
-  const log = lineLogger(flags);
-  const settings = await recipeSettings(flags);
-  const targets = await bootTargets(paths, flags, settings.language);
+async function verifyBoots(targets: readonly BootTarget[], context: Context): Promise<void> {
+  const { flags, log } = context;
   const checks: BootCheck[] = [];
   // One VM at a time: TCG emulation takes a core, and boot times are only comparable alone.
   for (const target of targets) {
-    const check = await bootCheck(target, settings, flags, log);
+    const kernel = await kernelFor(target.arch, flags, context.settings.kernels);
+    log.info(`${target.label}: booting ${target.file} with ${kernel}`);
+    const check = await checkBoot(target, checkOptions(kernel, context, target));
     checks.push(check);
     if (!flags.json) printLines([resultLine(check)]);
     if (!check.passed && check.smokeOutput) log.warn(`${check.label}: smoke output:\n${check.smokeOutput}`);
@@ -246,33 +157,73 @@ async function runVerify(paths: string[], flags: VerifyFlags): Promise<void> {
   }
 }
 
+async function searchMemory(targets: readonly BootTarget[], context: Context): Promise<void> {
+  const { flags, log } = context;
+  const searches: MemorySearch[] = [];
+  for (const target of targets) {
+    const kernel = await kernelFor(target.arch, flags, context.settings.kernels);
+    log.info(`${target.label}: bisecting the memory ${target.file} boots in, with ${kernel}`);
+    const options = { ...checkOptions(kernel, context, target), memoryMiB: undefined, upperMiB: flags.memory, stepMiB: flags.step };
+    const search = await findMinimumMemory(target, options);
+    for (const trial of search.trials) log.info(`${target.label}: ${trial.memoryMiB} MiB ${trial.passed ? 'boots' : `fails (${trial.failure})`} in ${formatDuration(trial.durationMs)}`);
+    searches.push(search);
+    if (!flags.json) printLines([searchLine(search)]);
+  }
+  if (flags.json) printJson(searches);
+  const unsafe = searches.filter((search) => search.measuredMiB === null || search.measuredMiB > search.publishedMiB);
+  if (unsafe.length > 0) {
+    throw new VerificationError(`${unsafe.length} of ${searches.length} images need more memory than their boot.minMemoryMiB: ${unsafe.map((search) => search.label).join(', ')}`, {
+      hint: 'the memory rule (src/boot/memory.ts) is too low for these images: recalibrate it',
+    });
+  }
+}
+
+async function runVerify(paths: string[], flags: VerifyFlags): Promise<void> {
+  if (!flags.boot) throw new UsageError('verify needs --boot (booting is the only check it makes)', { hint: 'rampack verify --boot out/manifest.json --smoke "CMD"' });
+  const log = lineLogger(flags);
+  const settings = await recipeSettings(flags);
+  const targets = await chosenTargets(paths, flags, settings.language);
+  for (const arch of new Set(targets.map((target) => target.arch))) checkQemu(arch);
+  const context = { settings, flags, log, cacheDir: resolve(flags.cache ?? defaultCacheDir()) };
+  if (flags.findMinMemory) await searchMemory(targets, context);
+  else await verifyBoots(targets, context);
+}
+
 export function verifyCommand(): Command {
   return new Command('verify')
-    .description('boot built images in QEMU and run a smoke command through the agent, before publishing')
+    .description('boot the published images in QEMU as the manifest says, and run a smoke command in each, before publishing')
     .argument('<manifest-or-file...>', 'out/manifest.json (or its directory) or initramfs files')
     .option('--boot', 'boot each image and run the smoke command (required)')
     .option('--smoke <command>', 'smoke command, split on spaces (e.g. "python3 --version")')
     .option('--recipe <file>', "take the smoke command from this recipe's smoke field (and only boot its language)")
     .option('--kernel <[arch=]path>', 'kernel image to boot (repeatable, e.g. --kernel aarch64=./Image); default: Debian\'s, fetched into the cache', collectKernel, [])
     .addOption(new Option('--arch <arch>', 'boot only this architecture (needed for a file without /etc/rampack/image.json)').choices(ARCHES))
-    .option('--cache <dir>', 'cache directory; Debian kernels go under <dir>/kernels (default: ~/.cache/rampack)')
+    .option('--cache <dir>', 'cache directory: Debian kernels under <dir>/kernels, the compiled probe under <dir>/helper-inits (default: ~/.cache/rampack)')
     .option('--timeout <seconds>', 'give up on a VM after this long', positiveNumber('--timeout'), 300)
-    .option('--memory <MiB>', 'VM memory', positiveNumber('--memory'), 512)
+    .option('--memory <MiB>', "VM memory (default: the entry's boot.minMemoryMiB); with --find-min-memory, the upper bound to start from", positiveNumber('--memory'))
+    .option('--find-min-memory', 'bisect the smallest memory each image boots in and runs the smoke command, and compare it with boot.minMemoryMiB')
+    .option('--step <MiB>', 'precision of --find-min-memory', positiveNumber('--step'), 8)
     .option('--json', 'print the results as JSON on stdout')
     .option('-q, --quiet', 'print warnings and errors only')
     .option('-v, --verbose', 'also print the VM console')
     .addHelpText(
       'after',
       `
-The agent must follow the rampack test-agent contract (test/fixtures/agent.c, docs/cli.md): it reads
-"run CMD ARGS..." after "--" on its kernel command line, prints "RAMPACK-AGENT ready" when it starts,
-"RAMPACK-RUN exit=N" after the command and "RAMPACK-AGENT done" before it powers off. An image passes when
-the command exits 0. QEMU runs under TCG (no KVM): qemu-system-x86_64 for x86_64, qemu-system-aarch64 -M virt
-for aarch64. Exits 5 when an image fails.
+Each image boots exactly as published: the file the manifest names, the entry's boot.cmdline, and
+boot.minMemoryMiB of RAM (--memory overrides). A probe init (src/boot/probe/probe.c, compiled for the
+arch with musl-gcc or aarch64-linux-gnu-gcc at first use) is appended to a temporary copy as one more
+cpio archive and started with rdinit= instead of the agent, so any agent can be verified: the probe
+checks that /init is an executable ELF for the arch, runs the smoke command with the image's env,
+working directory and user, then fills a ${WORKLOAD_HEADROOM_MIB} MiB workload, and reports on the console.
+An image passes when all of it succeeds; a failed unpack, an out-of-memory or a panic is reported with
+the memory the VM had. QEMU runs under TCG (no KVM): qemu-system-x86_64 for x86_64,
+qemu-system-aarch64 -M virt for aarch64. Exits 5 when an image fails (with --find-min-memory: when an
+image needs more than its boot.minMemoryMiB).
 
 Examples:
   rampack verify --boot out/manifest.json --recipe recipes/python.yaml
   rampack verify --boot out/ --smoke "go version" --arch aarch64
+  rampack verify --boot out/manifest.json --smoke "go version" --find-min-memory --step 4 --json
   rampack verify --boot out/node-22-x86_64.cpio.gz --smoke "node -e 1" --kernel ./vmlinuz --json`,
     )
     .action(runVerify);

@@ -1,6 +1,6 @@
 /**
  * Where the bytes of a tree are: totals per directory, the largest files, and
- * the RAM an initramfs needs while the kernel unpacks it.
+ * whether an image fits a memory budget.
  */
 import { InputError } from '../errors.ts';
 import { formatBytes } from '../util/log.ts';
@@ -53,30 +53,23 @@ export function parseByteSize(text: string, what: string): number {
   return Math.round(Number(match[1]) * SIZE_UNITS[match[2]!]!);
 }
 
-/**
- * RAM an initramfs takes at the peak of unpacking: the kernel keeps the
- * compressed file in memory (where the VMM loaded it) until the whole tree is
- * written into the rootfs, and the tree then holds every file's data.
- */
-export function unpackPeakBytes(compressedBytes: number, uncompressedBytes: number): number {
-  return compressedBytes + uncompressedBytes;
-}
-
 export interface BudgetCheck {
   label: string;
   budgetBytes: number;
+  /** The image's boot.minMemoryMiB (src/boot/memory.ts). */
+  minMemoryMiB: number;
   compressedBytes: number;
   uncompressedBytes: number;
   directories: DirectorySize[];
 }
 
-/** A warning when unpacking would not fit the VM's memory budget, naming where to slim. */
+/** A warning when the image needs more guest RAM than the VM's memory budget, naming where to slim. */
 export function memoryBudgetWarning(check: BudgetCheck): string | undefined {
-  const peak = unpackPeakBytes(check.compressedBytes, check.uncompressedBytes);
-  if (peak <= check.budgetBytes) return undefined;
+  const needed = check.minMemoryMiB * SIZE_UNITS.MiB!;
+  if (needed <= check.budgetBytes) return undefined;
   const largest = check.directories.map((dir) => `${dir.path} ${formatBytes(dir.bytes)}`).join(', ');
   return (
-    `${check.label}: unpacking needs ${formatBytes(peak)} of RAM (${formatBytes(check.compressedBytes)} compressed + ` +
+    `${check.label}: booting needs ${formatBytes(needed)} of RAM (boot.minMemoryMiB; ${formatBytes(check.compressedBytes)} compressed, ` +
     `${formatBytes(check.uncompressedBytes)} unpacked), over the memory budget of ${formatBytes(check.budgetBytes)}; ` +
     `largest directories: ${largest}`
   );

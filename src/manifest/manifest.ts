@@ -13,8 +13,20 @@ import { schemaProblems } from '../recipe/json-schema.ts';
 import { writeFileAtomically } from '../util/atomic.ts';
 import { TOOL_VERSION } from '../version.ts';
 
-export const MANIFEST_SCHEMA_VERSION = 1;
+export const MANIFEST_SCHEMA_VERSION = 2;
 export const MANIFEST_FILE = 'manifest.json';
+
+/** How the runtime must boot an entry (docs/runtime.md). */
+export interface BootRequirements {
+  /** Kernel parameters to pass before the runtime's own (console aside) and its "--" arguments. */
+  cmdline: string;
+  /** The smallest guest RAM, in MiB, at which the image boots with `cmdline` and runs a small workload. */
+  minMemoryMiB: number;
+  /** Oldest kernel release ("MAJOR.MINOR") with what the image needs. */
+  minKernel: string;
+  /** Kernel options the image needs, as "CONFIG_X=y". */
+  kernelConfig: string[];
+}
 
 export interface ManifestImage {
   language: string;
@@ -37,6 +49,7 @@ export interface ManifestImage {
   };
   agent: { sha256: string };
   env: string[];
+  boot: BootRequirements;
   /** The cell's input digest (src/recipe/plan.ts), in manifests merged from fragments. */
   inputDigest?: string;
 }
@@ -74,7 +87,7 @@ export async function parseManifest(text: string, path: string): Promise<Manifes
   }
   if (manifest?.schemaVersion !== MANIFEST_SCHEMA_VERSION) {
     throw new InputError(`manifest ${path} has schemaVersion ${String(manifest?.schemaVersion)}; this rampack writes ${MANIFEST_SCHEMA_VERSION}`, {
-      hint: 'write to another --out directory or remove the old manifest',
+      hint: 'rebuild the images with this rampack (its manifests carry the boot fields runtimes need), or write to another --out directory',
     });
   }
   const problems = await schemaProblems('manifest.schema.json', manifest);

@@ -67,7 +67,7 @@ export interface RecipeSlim {
 export interface SlimSettings {
   /** Commands the tracer runs after the smoke command. */
   workload: string[][];
-  /** Absolute directory copied to /rampack/workload while tracing and verifying. */
+  /** Absolute directory copied to /.rampack-probe/workload while tracing and verifying. */
   workloadFiles?: string;
   keep: string[];
   /** Absolute path of the cell's trace file. */

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
+import { minimumMemoryMiB } from '../../src/boot/memory.ts';
 import { bootInitramfs } from '../../src/boot/qemu.ts';
 import type { Manifest } from '../../src/manifest/manifest.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
@@ -72,7 +73,7 @@ describe('rampack build --image from a registry', () => {
 
   it('writes a manifest whose digests match the files and the registry', () => {
     const manifest = readManifest(out);
-    expect(manifest.schemaVersion).toBe(1);
+    expect(manifest.schemaVersion).toBe(2);
     expect(manifest.images).toHaveLength(1);
     const [image] = manifest.images;
     expect(image).toMatchObject({ language: 'lang', version: '2.0', arch: 'x86_64', default: true, compression: 'gzip' });
@@ -81,6 +82,11 @@ describe('rampack build --image from a registry', () => {
     expect(image!.size).toBe(lstatSync(file).size);
     expect(image!.agent.sha256).toBe(sha256File(agent));
     expect(image!.env).toContain('LANG_VERSION=1.0');
+    // A small gzip image: ramfs, the gzip decompressor, and the memory rule's floor for a near-empty tree.
+    expect(image!.boot).toMatchObject({ cmdline: 'rootfstype=ramfs', minKernel: '2.6', kernelConfig: ['CONFIG_BLK_DEV_INITRD=y', 'CONFIG_BINFMT_ELF=y', 'CONFIG_RD_GZIP=y'] });
+    const emptyTree = minimumMemoryMiB({ arch: 'x86_64', compressedBytes: image!.size, tree: { pageBytes: 0, entries: 0 } });
+    expect(image!.boot.minMemoryMiB).toBeGreaterThanOrEqual(emptyTree);
+    expect(image!.boot.minMemoryMiB).toBeLessThanOrEqual(emptyTree + 8);
     const rawIndex = execFileSync('skopeo', ['inspect', '--raw', '--tls-verify=false', `docker://${registry.host}/lang/runtime:2.0`]);
     expect(image!.source.indexDigest).toBe(`sha256:${createHash('sha256').update(rawIndex).digest('hex')}`);
     const amd64 = JSON.parse(rawIndex.toString()).manifests.find((m: { platform: { architecture: string } }) => m.platform.architecture === 'amd64');

@@ -1,17 +1,21 @@
 /**
  * `rampack verify --boot` as CI runs it before publishing: a recipe builds
- * x86_64 and aarch64 images from one multi-arch index in a real registry, and
- * verify boots each under QEMU (qemu-system-x86_64, qemu-system-aarch64 -M
- * virt) with Debian's stock kernels and the test agent cross-compiled per
- * arch, running the recipe's smoke command through the agent.
+ * x86_64 and aarch64 images from one multi-arch index in a real registry,
+ * with an agent that speaks its own protocol (test/fixtures/silent-agent.c,
+ * not the test agent's), and verify boots each published file under QEMU
+ * (qemu-system-x86_64, qemu-system-aarch64 -M virt) with Debian's stock
+ * kernels, at the entry's boot.minMemoryMiB with its boot.cmdline, the probe
+ * init running the recipe's smoke command.
  */
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
-import type { BootCheck } from '../../src/cli/verify.ts';
-import { buildTestAgent } from '../helpers/agent.ts';
+import type { BootCheck } from '../../src/boot/check.ts';
+import { newcArchive } from '../../src/cpio/writer.ts';
+import type { Manifest } from '../../src/manifest/manifest.ts';
+import { buildTestAgent, SILENT_AGENT_SOURCE } from '../helpers/agent.ts';
 import { runRampack } from '../helpers/cli.ts';
 import { busyboxBinary, KERNEL_CACHE, TEST_CACHE } from '../helpers/debian.ts';
 import { languageImageSpec } from '../helpers/images.ts';
@@ -31,7 +35,7 @@ beforeAll(async () => {
   await ensureDebianKernel('aarch64', KERNEL_CACHE);
   busyboxBinary('arm64');
   work = mkdtempSync(join(tmpdir(), 'rampack-verify-'));
-  const agents = { x86_64: await buildTestAgent('x86_64'), aarch64: await buildTestAgent('aarch64') };
+  const agents = { x86_64: await buildTestAgent('x86_64', SILENT_AGENT_SOURCE), aarch64: await buildTestAgent('aarch64', SILENT_AGENT_SOURCE) };
   registry = await startRegistry();
   const index = join(work, 'index');
   await writeOciLayout(index, [languageImageSpec('amd64'), languageImageSpec('arm64')], '1.0');
@@ -54,7 +58,7 @@ afterAll(async () => {
 });
 
 describe('rampack verify --boot', () => {
-  it('boots both arches of a manifest with Debian kernels and passes the recipe’s smoke command', async () => {
+  it('boots both arches of a manifest as published, at boot.minMemoryMiB with boot.cmdline, whatever the agent speaks', async () => {
     // --cache TEST_CACHE: the default kernels come from <cache>/kernels, where the test setup fetched them.
     const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', recipe, '--cache', TEST_CACHE, '--json']);
     expect(result.stderr).not.toContain('error');
@@ -64,11 +68,31 @@ describe('rampack verify --boot', () => {
       ['lang 1.0 aarch64', true, 0],
       ['lang 1.0 x86_64', true, 0],
     ]);
+    const manifest = JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest;
     for (const check of checks) {
+      const entry = manifest.images.find((image) => `${image.language} ${image.version} ${image.arch}` === check.label)!;
+      expect(check).toMatchObject({ memoryMiB: entry.boot.minMemoryMiB, minMemoryMiB: entry.boot.minMemoryMiB, cmdline: 'rootfstype=ramfs' });
       expect(check.smokeOutput).toBe('hello from lang 1.0 in /srv as 0');
-      expect(check.agentReadyMs).toBeGreaterThan(0);
+      expect(check.initStartedMs).toBeGreaterThan(0);
       expect(check.guestUptimeSeconds).toBeGreaterThan(0);
+      // The guest really had the published memory (MemTotal is a little less: the kernel's own image).
+      expect(check.guestMemory!.totalKiB).toBeLessThanOrEqual(entry.boot.minMemoryMiB * 1024);
+      expect(check.guestMemory!.totalKiB).toBeGreaterThan(entry.boot.minMemoryMiB * 1024 * 0.8);
     }
+  });
+
+  it('reports an agent that cannot run on the arch, found by the probe inside the guest', async () => {
+    // The x86_64 file with one more archive whose /init (a later entry wins) is the aarch64 agent.
+    const file = join(work, 'wrong-agent.cpio.gz');
+    const aarch64Agent = readFileSync(await buildTestAgent('aarch64', SILENT_AGENT_SOURCE));
+    const init = { path: 'init', type: 'file' as const, mode: 0o755, uid: 0, gid: 0, mtime: 0, data: aarch64Agent };
+    const appended = Buffer.concat(await newcArchive([init]).toArray());
+    const original = readFileSync(join(out, 'lang-1.0-x86_64.cpio.gz'));
+    writeFileSync(file, Buffer.concat([original, Buffer.alloc((4 - (original.length % 4)) % 4), appended]));
+    const kernel = await ensureDebianKernel('x86_64', KERNEL_CACHE);
+    const result = await runRampack(['verify', '--boot', file, '--smoke', 'lang-hello', '--kernel', kernel, '--cache', TEST_CACHE]);
+    expect(result.code).toBe(5);
+    expect(result.stdout).toContain('agent: /init is built for aarch64, this machine is x86_64');
   });
 
   it('boots with the kernel the recipe names for the arch', async () => {
@@ -76,7 +100,7 @@ describe('rampack verify --boot', () => {
     copyFileSync(await ensureDebianKernel('x86_64', KERNEL_CACHE), kernel);
     const withKernel = join(work, 'lang-kernel.yaml');
     writeFileSync(withKernel, `${readFileSync(recipe, 'utf8')}kernel:\n  x86_64: ${kernel}\n`);
-    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', withKernel, '--arch', 'x86_64', '--json']);
+    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', withKernel, '--arch', 'x86_64', '--cache', TEST_CACHE, '--json']);
     expect(result.code).toBe(0);
     const [check] = JSON.parse(result.stdout) as BootCheck[];
     expect(check).toMatchObject({ kernel, passed: true });
@@ -85,10 +109,10 @@ describe('rampack verify --boot', () => {
   it('reports a failing smoke command with exit code 5, and the time to agent-ready of each image', async () => {
     const file = join(out, 'lang-1.0-x86_64.cpio.gz');
     const kernel = await ensureDebianKernel('x86_64', KERNEL_CACHE);
-    const result = await runRampack(['verify', '--boot', file, '--smoke', 'cat /no/such/file', '--kernel', `x86_64=${kernel}`]);
+    const result = await runRampack(['verify', '--boot', file, '--smoke', 'cat /no/such/file', '--kernel', `x86_64=${kernel}`, '--cache', TEST_CACHE]);
     expect(result.code).toBe(5);
     expect(result.stdout).toMatch(
-      new RegExp(`^FAIL lang 1\\.0 x86_64 \\(${file}\\): agent ready in \\d+\\.\\ds, the smoke command exited 1; \\d+\\.\\ds in all\\n$`),
+      new RegExp(`^FAIL lang 1\\.0 x86_64 \\(${file}\\) at \\d+ MiB: init started in \\d+\\.\\ds, smoke: the smoke command exited 1; \\d+\\.\\ds in all\\n$`),
     );
     expect(result.stderr).toContain('No such file or directory');
     expect(result.stderr).toContain('rampack: error: 1 of 1 images failed the boot check: lang 1.0 x86_64');

@@ -30,6 +30,7 @@ function buildOutput(name: string, contents: Record<string, string>): string {
     return {
       language: 'go', version, default: version === '1.27', arch: 'x86_64', file, sha256: sha256(content), size: content.length,
       compression: 'zstd', uncompressedSize: 100, agent: { sha256: 'cd'.repeat(32) }, env: ['PATH=/usr/local/go/bin'],
+      boot: { cmdline: 'rootfstype=ramfs', minMemoryMiB: 80, minKernel: '3.7', kernelConfig: ['CONFIG_BLK_DEV_INITRD=y'] },
       source: { reference: `docker.io/library/golang:${version}-trixie`, manifestDigest: `sha256:${'1'.repeat(64)}`, configDigest: `sha256:${'2'.repeat(64)}` },
     };
   });

@@ -59,7 +59,7 @@ beforeAll(async () => {
   await mkdir(join(work, 'recipe', 'workloads'), { recursive: true });
   await cp(join(REPO_ROOT, 'recipes', 'workloads', 'python'), join(work, 'recipe', 'workloads', 'python'), { recursive: true });
   recipe = join(work, 'recipe', 'python.yaml');
-  await writeFile(recipe, recipeText(await buildTestAgent('x86_64'), layout, 'python3, /rampack/workload/service.py'));
+  await writeFile(recipe, recipeText(await buildTestAgent('x86_64'), layout, 'python3, /.rampack-probe/workload/service.py'));
 }, 600_000);
 
 async function manifestOf(out: string): Promise<Manifest> {
@@ -79,6 +79,7 @@ describe('rampack slim on a Python image from Debian packages', () => {
     expect(slim.source).toEqual(full.source);
     // The Python image without a compiler: at most half the bytes of the full image once unpacked.
     expect(slim.uncompressedSize).toBeLessThanOrEqual(full.uncompressedSize / 2);
+    expect(slim.boot.minMemoryMiB).toBeLessThan(full.boot.minMemoryMiB);
 
     const trace = await readTraceFile(join(work, 'recipe', 'traces', 'python-3.11-x86_64.trace'));
     expect(trace.manifestDigest).toBe(full.source.manifestDigest);
@@ -112,7 +113,8 @@ describe('rampack slim on a Python image from Debian packages', () => {
       arch: 'x86_64',
       kernel,
       initramfs: join(traced, slim.file),
-      commands: [['python3', '/rampack/workload/other.py']],
+      cmdline: slim.boot.cmdline,
+      commands: [['python3', '/.rampack-probe/workload/other.py']],
       workloadFiles: join(REPO_ROOT, 'test', 'fixtures', 'slim'),
       mode: 'missing',
       cacheDir: cache,
@@ -144,14 +146,16 @@ describe('the tracer on aarch64', () => {
     await writeOciLayout(layout, languageImageSpec('arm64'), '1.0');
     const built = await runRampack(['build', '--image', `oci:${layout}:1.0`, '--agent', await buildTestAgent('aarch64'), '--arch', 'aarch64', '--language', 'lang', '--version', '1.0', '--compression', 'zstd', '--out', out, '--cache', cache]);
     expect(built.code).toBe(0);
+    const [image] = (await manifestOf(out)).images;
     const run = await runTracer({
       arch: 'aarch64',
       kernel: await ensureDebianKernel('aarch64', KERNEL_CACHE),
-      initramfs: join(out, 'lang-1.0-aarch64.cpio.zst'),
+      initramfs: join(out, image!.file),
+      cmdline: image!.boot.cmdline,
       commands: [['sh', '-c', 'cat /etc/motd'], ['lang-hello']],
       mode: 'trace',
       cacheDir: cache,
-      memoryMiB: 512,
+      memoryMiB: workloadMemoryMiB(image!),
       timeoutMs: 600_000,
     });
     expect(run.output).toContain('patched motd');

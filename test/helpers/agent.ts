@@ -15,6 +15,8 @@ import { ensureTools, TOOLS, type Tool } from './system.ts';
 const run = promisify(execFile);
 
 export const AGENT_SOURCE = join(import.meta.dirname, '..', 'fixtures', 'agent.c');
+/** An agent with a protocol of its own (it only waits): what a production runtime's agent looks like to rampack. */
+export const SILENT_AGENT_SOURCE = join(import.meta.dirname, '..', 'fixtures', 'silent-agent.c');
 
 const COMPILERS: Record<Arch, { tools: Tool[]; command: string }> = {
   x86_64: { tools: [TOOLS.musl], command: 'musl-gcc' },
@@ -22,21 +24,22 @@ const COMPILERS: Record<Arch, { tools: Tool[]; command: string }> = {
 };
 
 /**
- * Compiles the agent as a static binary for `arch` and returns its path. The
- * binary is cached under the source's sha256, so edits rebuild it.
+ * Compiles the agent (or another fixture: `sourcePath`) as a static binary
+ * for `arch` and returns its path. The binary is cached under the source's
+ * sha256, so edits rebuild it.
  */
-export async function buildTestAgent(arch: Arch): Promise<string> {
+export async function buildTestAgent(arch: Arch, sourcePath = AGENT_SOURCE): Promise<string> {
   const compiler = COMPILERS[arch];
   ensureTools(...compiler.tools);
-  const source = await readFile(AGENT_SOURCE);
+  const source = await readFile(sourcePath);
   const key = createHash('sha256').update(source).digest('hex').slice(0, 16);
   const binary = join(tmpdir(), 'rampack-test-agent', `${key}-${arch}`, 'agent');
   if (await exists(binary)) return binary;
   await writeAtomically(binary, async (temporary) => {
     try {
-      await run(compiler.command, ['-static', '-O2', '-s', '-Wall', '-Werror', '-o', temporary, AGENT_SOURCE]);
+      await run(compiler.command, ['-static', '-O2', '-s', '-Wall', '-Werror', '-o', temporary, sourcePath]);
     } catch (error) {
-      throw new Error(`${compiler.command} could not build ${AGENT_SOURCE}: ${(error as { stderr?: string }).stderr ?? error}`);
+      throw new Error(`${compiler.command} could not build ${sourcePath}: ${(error as { stderr?: string }).stderr ?? error}`);
     }
   });
   return binary;

@@ -23,11 +23,11 @@ describe('sizes', () => {
     expect(sizeByDirectory(files, 2).map((dir) => [dir.path, dir.bytes])).toEqual([['/usr', 160], ['/usr/lib', 150], ['/', 30], ['/usr/bin', 10]]);
   });
 
-  it('warns only when compressed plus unpacked size exceed the budget', () => {
-    const check = { label: 'go 1.25 x86_64', budgetBytes: 1000, compressedBytes: 300, uncompressedBytes: 700, directories: [{ path: '/usr', bytes: 600, files: 2 }] };
+  it('warns only when the published boot.minMemoryMiB exceeds the budget', () => {
+    const check = { label: 'go 1.25 x86_64', budgetBytes: 512 * 2 ** 20, minMemoryMiB: 512, compressedBytes: 300, uncompressedBytes: 700, directories: [{ path: '/usr', bytes: 600, files: 2 }] };
     expect(memoryBudgetWarning(check)).toBeUndefined();
-    expect(memoryBudgetWarning({ ...check, compressedBytes: 301 })).toBe(
-      'go 1.25 x86_64: unpacking needs 1001 B of RAM (301 B compressed + 700 B unpacked), over the memory budget of 1000 B; largest directories: /usr 600 B',
+    expect(memoryBudgetWarning({ ...check, minMemoryMiB: 520 })).toBe(
+      'go 1.25 x86_64: booting needs 520.0 MiB of RAM (boot.minMemoryMiB; 300 B compressed, 700 B unpacked), over the memory budget of 512.0 MiB; largest directories: /usr 600 B',
     );
   });
 });

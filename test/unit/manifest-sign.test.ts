@@ -19,6 +19,7 @@ function entry(version: string, isDefault: boolean, data: Buffer): ManifestImage
     language: 'go', version, default: isDefault, arch: 'x86_64', file: `go-${version}.cpio.gz`,
     sha256: createHash('sha256').update(data).digest('hex'), size: data.length, compression: 'gzip', uncompressedSize: 9,
     agent: { sha256: 'cd'.repeat(32) }, env: [],
+    boot: { cmdline: 'rootfstype=ramfs', minMemoryMiB: 80, minKernel: '3.7', kernelConfig: ['CONFIG_BLK_DEV_INITRD=y'] },
     source: { reference: 'golang', manifestDigest: `sha256:${'1'.repeat(64)}`, configDigest: `sha256:${'2'.repeat(64)}` },
   };
 }

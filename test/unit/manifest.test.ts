@@ -11,6 +11,7 @@ function image(version: string, arch: 'x86_64' | 'aarch64', isDefault: boolean):
   return {
     language: 'go', version, default: isDefault, arch, file: `go-${version}-${arch}.cpio.gz`, sha256: 'ab'.repeat(32), size: 1,
     compression: 'gzip', uncompressedSize: 2, agent: { sha256: 'cd'.repeat(32) }, env: [],
+    boot: { cmdline: 'rootfstype=ramfs', minMemoryMiB: 80, minKernel: '3.7', kernelConfig: ['CONFIG_BLK_DEV_INITRD=y'] },
     source: { reference: `golang:${version}`, manifestDigest: `sha256:${'1'.repeat(64)}`, configDigest: `sha256:${'2'.repeat(64)}` },
   };
 }

@@ -1,7 +1,9 @@
 /*
  * rampack slim tracer: a static /init that runs a recipe's workload inside the
  * booted image and records every file the workload opens, executes or maps,
- * so that `rampack slim` can keep exactly those (src/slim/trace.ts).
+ * so that `rampack slim` can keep exactly those (src/slim/tracer.ts). It is a
+ * helper init (src/boot/probe.ts): appended with its files in /.rampack-probe
+ * to a copy of the built initramfs and started with rdinit=.
  *
  * How it sees files: fanotify (FAN_CLASS_NOTIF) with a mount mark on "/",
  * for FAN_OPEN | FAN_OPEN_EXEC | FAN_ONDIR. Every open() (the dynamic loader's
@@ -16,10 +18,11 @@
  * the workload also runs under ptrace, and every path a file syscall failed
  * on with ENOENT is reported: what a slim image lacks.
  *
- * Input, written by rampack into a later archive of the same initrd:
- *   /rampack/commands  commands: for each, its argument count as decimal
- *                      digits and NUL, then that many NUL-terminated arguments
- *   /rampack/mode      "trace" (default) or "missing"
+ * Input, in /.rampack-probe (the helper's directory):
+ *   commands  for each command, its argument count as decimal digits and
+ *             NUL, then that many NUL-terminated arguments
+ *   mode      "trace" (default) or "missing"
+ *   workload/ the workload's files, if any
  * Commands run one after the other with the env, working directory and user
  * of /etc/rampack/image.json. Output on the console:
  *   RAMPACK-SLIM ready
@@ -29,7 +32,7 @@
  *   RAMPACK-SLIM done
  * Paths are printed with bytes outside 0x21-0x7e and "\" as \xHH.
  *
- * Build: musl-gcc -static -O2 -Wall -Werror tracer.c -o init
+ * Build: musl-gcc -static -O2 -Wall tracer.c -o init
  */
 #define _GNU_SOURCE
 #include <elf.h>
@@ -59,8 +62,9 @@
 #include <unistd.h>
 
 #define IMAGE_JSON "/etc/rampack/image.json"
-#define COMMANDS_FILE "/rampack/commands"
-#define MODE_FILE "/rampack/mode"
+#define HELPER_DIR "/.rampack-probe"
+#define COMMANDS_FILE HELPER_DIR "/commands"
+#define MODE_FILE HELPER_DIR "/mode"
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* ---- ending: as pid 1, power off ---------------------------------------- */
@@ -684,6 +688,8 @@ int main(void) {
     mount_pseudo("sysfs", "/sys");
     mount_pseudo("devtmpfs", "/dev");
     loopback_up();
+    /* The workload's files are read as the image's user, who may not be root. */
+    chmod(HELPER_DIR, 0755);
     image_config config = read_image_config();
     identity user = resolve_user(config.user);
     size_t count;
