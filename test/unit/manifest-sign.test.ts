@@ -96,6 +96,6 @@ describe('the reader example in examples/manifest-reader.ts', () => {
     await expect(loadInitramfs(path, publicPem, 'go', 'x86_64')).rejects.toThrow('does not match the manifest');
     writeFileSync(path, readFileSync(path, 'utf8').replace('"1.24"', '"1.23"'));
     await expect(loadInitramfs(path, publicPem, 'go', 'x86_64')).rejects.toThrow('bad signature');
-    expect(() => selectImage({ schemaVersion: 2, images: [] } as ReaderManifest, 'go', 'x86_64')).toThrow('schemaVersion 2 is not supported');
+    expect(() => selectImage({ schemaVersion: 3, images: [] } as ReaderManifest, 'go', 'x86_64')).toThrow('schemaVersion 3 is not supported');
   });
 });
