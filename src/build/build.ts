@@ -254,6 +254,8 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   const directories = sizeByDirectory(treeFiles(stored), 2).slice(0, 5);
   options.log.debug(`${label}: largest directories: ${directories.map((dir) => `${dir.path} ${formatBytes(dir.bytes)}`).join(', ')}`);
   const boot = bootRequirements({ arch: target.arch, compression: target.compression, compressedBytes: written.size, tree: treeFootprint(stored) });
+  // What the image costs a VM: the unpacked bytes live in guest RAM, so they decide its memory and cold start.
+  options.log.info(`${label}: ${formatBytes(written.uncompressedBytes)} unpacked, boots in ${boot.minMemoryMiB} MiB (boot.minMemoryMiB with ${boot.cmdline})`);
   if (target.memoryBudget !== undefined) {
     const check = { label, budgetBytes: target.memoryBudget, minMemoryMiB: boot.minMemoryMiB, compressedBytes: written.size, uncompressedBytes: written.uncompressedBytes, directories };
     const warning = memoryBudgetWarning(check);

@@ -2,9 +2,12 @@
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { Command } from 'commander';
+import { requirementsOf } from '../boot/check.ts';
 import { UsageError } from '../errors.ts';
+import { ARCHES, type Arch } from '../image/source.ts';
 import { inspectImage, type ImageInspection } from '../inspect/image.ts';
 import { readInitramfs, summarize, type InitramfsSummary } from '../inspect/initramfs.ts';
+import type { BootRequirements } from '../manifest/manifest.ts';
 import type { SlimSummary } from '../recipe/tree-options.ts';
 import { defaultCacheDir } from '../registry/cache.ts';
 import { formatBytes, lineLogger } from '../util/log.ts';
@@ -44,12 +47,13 @@ function slimLine(imageJson: unknown): string[] {
   return [`slim         kept ${slim.keptEntries} entries (${formatBytes(slim.keptBytes)} of file data), dropped ${slim.removedEntries} entries (${formatBytes(slim.droppedBytes)})`];
 }
 
-function initramfsReport(summary: InitramfsSummary): string[] {
+function initramfsReport(summary: InitramfsSummary & { boot?: BootRequirements }): string[] {
   return [
     `file         ${summary.file}`,
     `size         ${formatBytes(summary.size)} (${summary.compression.join(' + ')}), ${formatBytes(summary.uncompressedSize)} uncompressed, ratio ${summary.compressionRatio}x`,
     `entries      ${summary.entries} (${typeCounts(summary)})`,
     `file data    ${formatBytes(summary.fileBytes)}`,
+    ...(summary.boot ? [`memory       boots in ${summary.boot.minMemoryMiB} MiB with ${summary.boot.cmdline} (the build's boot.minMemoryMiB rule)`] : []),
     `agent        ${summary.agent ? `${summary.agent.path} sha256:${summary.agent.sha256} (${formatBytes(summary.agent.size)})` : 'none (no /init)'}`,
     `image        ${imageLine(summary.imageJson)}`,
     ...slimLine(summary.imageJson),
@@ -89,7 +93,11 @@ function imageReport(inspection: ImageInspection): string[] {
 
 async function runInspect(target: string, flags: InspectFlags): Promise<void> {
   if (await isFile(target)) {
-    const summary = summarize(await readInitramfs(target), flags.top);
+    const contents = await readInitramfs(target);
+    const arch = (contents.imageJson as { arch?: string } | undefined)?.arch;
+    // The memory rule of the manifest's boot.minMemoryMiB, for a file without its manifest.
+    const boot = ARCHES.includes(arch as Arch) ? requirementsOf(contents, arch as Arch) : undefined;
+    const summary = { ...summarize(contents, flags.top), ...(boot ? { boot } : {}) };
     if (flags.json) printJson(summary);
     else printLines(initramfsReport(summary));
     return;

@@ -14,6 +14,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
 import type { Manifest } from '../../src/manifest/manifest.ts';
 import { readTraceFile } from '../../src/slim/trace-file.ts';
+import { formatBytes } from '../../src/util/log.ts';
 import { runTracer } from '../../src/slim/tracer.ts';
 import { workloadMemoryMiB } from '../../src/cli/slim.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
@@ -102,6 +103,9 @@ describe('rampack slim on a Python image from Debian packages', () => {
     }
     const inspected = await runRampack(['inspect', join(rebuilt, 'python-3.11-x86_64-slim.cpio.zst')]);
     expect(inspected.stdout).toMatch(/^slim {9}kept \d+ entries \(.+ of file data\), dropped \d+ entries \(.+\)$/m);
+    const slim = manifest.images.find((image) => image.variant === 'slim')!;
+    expect(inspected.stdout).toContain(`memory       boots in ${slim.boot.minMemoryMiB} MiB with ${slim.boot.cmdline}`);
+    expect(result.stderr).toContain(`python 3.11 x86_64 slim: ${formatBytes(slim.uncompressedSize)} unpacked, boots in ${slim.boot.minMemoryMiB} MiB`);
     const plan = await runRampack(['plan', recipe, '--json']);
     expect(plan.code).toBe(0);
     expect(JSON.parse(plan.stdout).include.map((cell: { key: string }) => cell.key)).toEqual(['python-3.11-x86_64', 'python-3.11-x86_64-slim']);

@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import type { Arch } from '../../src/image/source.ts';
 import { slimTree } from '../../src/slim/slim-tree.ts';
 import { formatTrace, parseTrace } from '../../src/slim/trace-file.ts';
-import { encodeCommands } from '../../src/slim/tracer.ts';
+import { encodeCommands, parseTracerOutput } from '../../src/slim/tracer.ts';
 import { sortByTreePath, type TreeEntry } from '../../src/tree/entry.ts';
 import { debianPackageRoot } from '../helpers/debian.ts';
 
@@ -119,3 +119,33 @@ describe('tracer commands', () => {
     expect(encodeCommands([['python3', '--version'], ['sh', '-c', 'a b']]).toString('latin1')).toBe('2\0python3\0--version\x003\0sh\0-c\0a b\0');
   });
 });
+
+describe('tracer output', () => {
+  const console = [
+    '[    1.0] kernel line',
+    'RAMPACK-SLIM ready',
+    'program output RAMPACK-SLIM-RUN 9 exit=9',
+    'RAMPACK-SLIM-RUN 0 exit=0',
+    'RAMPACK-SLIM-RUN 1 exit=3',
+    'RAMPACK-SLIM-TRACE-BEGIN',
+    '/usr/bin/python3.11',
+    '/odd\\x09name',
+    'RAMPACK-SLIM-TRACE-END',
+    'RAMPACK-SLIM done',
+    '',
+  ].join('\n');
+
+  it('gives exit statuses in order and the unescaped, sorted paths', () => {
+    const run = parseTracerOutput(console, 'trace', false);
+    expect(run.exits).toEqual([0, 3]);
+    expect(run.paths).toEqual(['/odd\tname', '/usr/bin/python3.11']);
+    expect(run.error).toBeUndefined();
+  });
+
+  it('reads the missing block only in missing mode, and reports the tracer\'s error', () => {
+    const missing = 'RAMPACK-SLIM ready\nRAMPACK-SLIM error: fanotify_init: Function not implemented\nRAMPACK-SLIM-MISSING-BEGIN\n/usr/bin/cc\nRAMPACK-SLIM-MISSING-END\n';
+    expect(parseTracerOutput(missing, 'missing', false)).toMatchObject({ exits: [], paths: ['/usr/bin/cc'], error: 'fanotify_init: Function not implemented' });
+    expect(parseTracerOutput(missing, 'trace', true)).toMatchObject({ paths: [], timedOut: true });
+  });
+});
+
