@@ -22,7 +22,7 @@ const DT_RUNPATH = 29n;
 const HEAD_BYTES = 4096;
 
 /** Reads bytes of a tree file's contents (in memory, or a range of a layer file on disk). */
-async function readEntryBytes(entry: TreeEntry, offset: number, length: number): Promise<Buffer> {
+export async function readEntryBytes(entry: TreeEntry, offset: number, length: number): Promise<Buffer> {
   const data = entry.data;
   if (data === undefined) return Buffer.alloc(0);
   if (Buffer.isBuffer(data)) return data.subarray(offset, offset + length);
@@ -142,4 +142,3 @@ export function ldConfDirectories(text: string): { dirs: string[]; includes: str
   return { dirs, includes };
 }
 
-export { readEntryBytes };

@@ -50,10 +50,6 @@ class SlimTree {
     }
   }
 
-  get(path: string): TreeEntry | undefined {
-    return this.#tree.get(path);
-  }
-
   /**
    * The path with every symlink resolved inside the image root ("/.." stays
    * at the root), or undefined when it does not exist or loops; `onSymlink`

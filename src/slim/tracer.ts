@@ -12,14 +12,14 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
-import { appendHelperInit, compileHelperInit, HELPER_DIR, type HelperFile } from '../boot/probe.ts';
+import { appendHelperInit, compileHelperInit, type HelperFile } from '../boot/probe.ts';
 import { bootInitramfs } from '../boot/qemu.ts';
 import { InputError } from '../errors.ts';
 import type { Arch } from '../image/source.ts';
 import { unescapeTracePath } from './trace-file.ts';
 
-/** Where the workload's files are in the booted image, while tracing and verifying only. */
-export const WORKLOAD_DIR = `/${HELPER_DIR}/workload`;
+/** The workload's files go to /.rampack-probe/workload in the guest (docs/recipe.md), while tracing and verifying only. */
+const WORKLOAD_DIR = 'workload';
 const TRACER_SOURCE = 'tracer.c';
 
 export type TracerMode = 'trace' | 'missing';
@@ -105,7 +105,7 @@ export async function runTracer(options: TracerOptions): Promise<TracerRun> {
     const init = await appendHelperInit(options.initramfs, initrd, tracer, [
       { name: 'commands', data: encodeCommands(options.commands) },
       { name: 'mode', data: Buffer.from(options.mode) },
-      ...workload.map((file) => ({ ...file, name: `workload/${file.name}` })),
+      ...workload.map((file) => ({ ...file, name: `${WORKLOAD_DIR}/${file.name}` })),
     ]);
     const boot = await bootInitramfs({
       arch: options.arch,

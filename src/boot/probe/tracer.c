@@ -183,7 +183,7 @@ static void print_path_set(path_set *set, const char *name) {
     size_t n = 0;
     for (size_t i = 0; i < set->capacity; i++) if (set->slots[i]) sorted[n++] = set->slots[i];
     qsort(sorted, n, sizeof *sorted, compare_paths);
-    printf("RAMPACK-SLIM-%s-BEGIN\n", name);
+    printf("\nRAMPACK-SLIM-%s-BEGIN\n", name);
     for (size_t i = 0; i < n; i++) {
         print_escaped(sorted[i]);
         putchar('\n');
@@ -703,8 +703,8 @@ int main(void) {
     for (size_t i = 0; i < count; i++) {
         pid_t child = start_command(commands[i].argv, &config, user, missing_mode);
         int status = missing_mode ? trace_missing(child, &paths) : wait_draining(child, fanotify, &paths);
-        /* Like a shell: a signal shows as 128 + its number. */
-        printf("RAMPACK-SLIM-RUN %zu exit=%d\n", i, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        /* On a line of its own even after output without a final newline. Like a shell: a signal shows as 128 + its number. */
+        printf("\nRAMPACK-SLIM-RUN %zu exit=%d\n", i, WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
         /* Servers a command left behind must not run into the next command or the listing. */
         kill(-1, SIGKILL);
         while (waitpid(-1, NULL, __WALL) > 0) {}
