@@ -106,6 +106,11 @@ describe('rampack slim on a Python image from Debian packages', () => {
     const slim = manifest.images.find((image) => image.variant === 'slim')!;
     expect(inspected.stdout).toContain(`memory       boots in ${slim.boot.minMemoryMiB} MiB with ${slim.boot.cmdline}`);
     expect(result.stderr).toContain(`python 3.11 x86_64 slim: ${formatBytes(slim.uncompressedSize)} unpacked, boots in ${slim.boot.minMemoryMiB} MiB`);
+    // verify --boot boots every entry as published (the slim one too) and runs the smoke command in it. The memory
+    // is given: the boot.minMemoryMiB rule is verify's own subject (test/e2e/boot-memory.test.ts).
+    const verified = await runRampack(['verify', '--boot', join(rebuilt, 'manifest.json'), '--recipe', recipe, '--kernel', kernel, '--cache', cache, '--memory', '512']);
+    expect(verified.stdout).toMatch(/^PASS python 3\.11 x86_64 slim/m);
+    expect(verified.code).toBe(0);
     const plan = await runRampack(['plan', recipe, '--json']);
     expect(plan.code).toBe(0);
     expect(JSON.parse(plan.stdout).include.map((cell: { key: string }) => cell.key)).toEqual(['python-3.11-x86_64', 'python-3.11-x86_64-slim']);
