@@ -116,6 +116,25 @@ describe('rampack slim on a Python image from Debian packages', () => {
     expect(JSON.parse(plan.stdout).include.map((cell: { key: string }) => cell.key)).toEqual(['python-3.11-x86_64', 'python-3.11-x86_64-slim']);
   }, 600_000);
 
+  it('refuses a trace taken from another image, and leaves out a slim cell that was never traced', async () => {
+    const traceText = await readFile(join(work, 'recipe', 'traces', 'python-3.11-x86_64.trace'), 'utf8');
+    await writeFile(join(work, 'recipe', 'traces', 'stale.trace'), traceText.replace(/^manifestDigest sha256:[0-9a-f]{64}$/m, `manifestDigest sha256:${'0'.repeat(64)}`));
+    const agent = await buildTestAgent('x86_64');
+    const stale = join(work, 'recipe', 'stale.yaml');
+    await writeFile(stale, recipeText(agent, join(work, 'layout'), 'python3, -c, "1"', '  trace: traces/stale.trace\n'));
+    const refused = await runRampack(['build', stale, '--out', join(work, 'stale-out'), '--cache', cache]);
+    expect(refused.code).toBe(3);
+    expect(refused.stderr).toContain(`trace ${join(work, 'recipe', 'traces', 'stale.trace')} was taken from`);
+    expect(refused.stderr).toContain(`rampack slim ${stale}`);
+
+    const untraced = join(work, 'recipe', 'untraced.yaml');
+    await writeFile(untraced, recipeText(agent, join(work, 'layout'), 'python3, -c, "1"', '  trace: traces/never.trace\n'));
+    const skipped = await runRampack(['build', untraced, '--out', join(work, 'untraced-out'), '--cache', cache]);
+    expect(skipped.code).toBe(0);
+    expect(skipped.stderr).toContain('python-3.11-x86_64-slim: no trace');
+    expect((await manifestOf(join(work, 'untraced-out'))).images.map((image) => image.variant)).toEqual([undefined]);
+  }, 600_000);
+
   it('runs a standard-library program that is not in the workload in the slim image', async () => {
     const slim = (await manifestOf(traced)).images.find((image) => image.variant === 'slim')!;
     const run = await runTracer({
