@@ -3,8 +3,9 @@
  * unpack -> find | sort | cpio -H newc -> gzip/zstd) on a ~700 MB image from
  * real Debian packages served by a loopback registry. Runs alternate, side by
  * side, so the ratios are comparable on a noisy machine. A cold rampack build
- * of an image twice as large shows how memory grows. Prints a markdown table;
- * `--write` also puts it in docs/performance.md.
+ * of an image twice as large shows how memory grows. Then a full vs slim
+ * table (bench/slim.ts). Prints markdown tables; `--write` also puts them in
+ * docs/performance.md.
  *
  *   node scripts/bench.ts [--rounds N] [--pause SECONDS] [--write]
  */
@@ -20,6 +21,7 @@ import { pushLayout, startRegistry } from '../test/helpers/registry.ts';
 import { ensureNativeAddons } from '../test/helpers/native.ts';
 import { ensureTools, TOOLS } from '../test/helpers/system.ts';
 import { BENCH_TAG, benchImageLayout } from './bench/image.ts';
+import { slimBenchTable } from './bench/slim.ts';
 
 type Codec = 'gzip' | 'zstd';
 
@@ -112,6 +114,7 @@ copyFileSync(agent, changedAgent);
 appendFileSync(changedAgent, Buffer.from([0]));
 const registry = await startRegistry();
 const rows: Measurement[] = [];
+let slimResult: string;
 try {
   await pushLayout(layout, BENCH_TAG, registry.host, 'bench/golang');
   await pushLayout(largeLayout, BENCH_TAG, registry.host, 'bench/large');
@@ -130,14 +133,17 @@ try {
       rows.push(rampack(largeImage, codec, LARGE_RUN, agent, cache));
     }
   }
+  slimResult = await slimBenchTable(work, Number(flags.rounds));
 } finally {
   await registry.stop();
   rmSync(work, { recursive: true, force: true });
 }
 const result = table(rows);
-process.stdout.write(result);
+process.stdout.write(`${result}\n${slimResult}`);
 if (flags.write) {
   const doc = join(REPO_ROOT, 'docs', 'performance.md');
-  const text = readFileSync(doc, 'utf8');
-  writeFileSync(doc, text.replace(/<!-- bench -->[\s\S]*<!-- \/bench -->/, `<!-- bench -->\n${result}<!-- /bench -->`));
+  const text = readFileSync(doc, 'utf8')
+    .replace(/<!-- bench -->[\s\S]*<!-- \/bench -->/, `<!-- bench -->\n${result}<!-- /bench -->`)
+    .replace(/<!-- bench-slim -->[\s\S]*<!-- \/bench-slim -->/, `<!-- bench-slim -->\n${slimResult}<!-- /bench-slim -->`);
+  writeFileSync(doc, text);
 }

@@ -6,6 +6,7 @@
  */
 import { InputError } from '../errors.ts';
 import type { Arch, ResolvedImage } from '../image/source.ts';
+import type { SlimSummary } from '../recipe/tree-options.ts';
 import { displayPath, parentPath, sortByTreePath, type TreeEntry } from '../tree/entry.ts';
 
 /** Docker's PATH for images whose config sets none. */
@@ -36,6 +37,9 @@ export interface ImageJson {
   user: string;
   entrypoint: string[];
   cmd: string[];
+  /** Present in a slim variant: what the slim step kept and dropped. */
+  variant?: 'slim';
+  slim?: SlimSummary;
 }
 
 export interface DroppedXattr {
@@ -56,6 +60,8 @@ export interface InjectOptions {
   droppedXattrs?: readonly DroppedXattr[];
   /** mtime of every added entry (reproducible builds). */
   mtime: number;
+  /** Set for a slim variant. */
+  slim?: SlimSummary;
 }
 
 /** Image Env with overrides applied, keeping the image's order, PATH guaranteed. */
@@ -87,6 +93,7 @@ export function imageJson(options: InjectOptions): ImageJson {
     user: settings.User ?? '',
     entrypoint: settings.Entrypoint ?? [],
     cmd: settings.Cmd ?? [],
+    ...(options.slim ? { variant: 'slim' as const, slim: options.slim } : {}),
   };
 }
 

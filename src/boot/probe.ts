@@ -1,5 +1,5 @@
 /**
- * Boot-time helper inits: a small static C program (src/boot/probe/*.c)
+ * Boot-time helper inits: a small static C program (native/guest/*.c)
  * compiled for the guest's arch at first use into the cache, appended to a
  * temporary copy of a published initramfs as one more newc archive, and
  * started with `rdinit=` instead of the image's agent. The published bytes
@@ -36,17 +36,15 @@ const COMPILERS: Record<Arch, Compiler> = {
   aarch64: { command: 'aarch64-linux-gnu-gcc', debianPackages: 'gcc-aarch64-linux-gnu libc6-dev-arm64-cross' },
 };
 
-/** The C sources sit beside this module in src/boot/probe/, also when it runs from dist/boot/. */
+/** The C sources are in native/guest/, two levels above this module whether it runs from src/boot/ or dist/boot/. */
 async function helperSource(name: string): Promise<string> {
-  const candidates = [join(import.meta.dirname, 'probe', name), join(import.meta.dirname, '..', '..', 'src', 'boot', 'probe', name)];
-  for (const candidate of candidates) {
-    if (await access(candidate).then(() => true, () => false)) return candidate;
-  }
-  throw new Error(`the helper init source ${name} is missing (looked in ${candidates.join(', ')})`);
+  const source = join(import.meta.dirname, '..', '..', 'native', 'guest', name);
+  if (await access(source).then(() => true, () => false)) return source;
+  throw new Error(`the helper init source ${source} is missing`);
 }
 
 /**
- * Compiles a helper init (a file in src/boot/probe/) as a static binary for
+ * Compiles a helper init (a file in native/guest/) as a static binary for
  * `arch` into `cacheDir`, once per source content, and returns its path.
  */
 export async function compileHelperInit(name: string, arch: Arch, cacheDir: string): Promise<string> {
@@ -73,11 +71,21 @@ export async function compileHelperInit(name: string, arch: Arch, cacheDir: stri
   return binary;
 }
 
-/** A file the helper init finds in /.rampack-probe/ in the guest. */
+/** A file the helper init finds in /.rampack-probe/ in the guest; `name` may have directories ("workload/src/main.rs"). */
 export interface HelperFile {
   name: string;
   data: Buffer;
   mode?: number;
+}
+
+/** The directories the files sit in below HELPER_DIR, parents first. */
+function helperDirectories(files: readonly HelperFile[]): string[] {
+  const directories = new Set<string>();
+  for (const file of files) {
+    const parts = file.name.split('/').slice(0, -1);
+    parts.forEach((_, i) => directories.add(parts.slice(0, i + 1).join('/')));
+  }
+  return [...directories].sort();
 }
 
 /**
@@ -91,6 +99,7 @@ export async function appendHelperInit(initrd: string, output: string, helper: s
   const entries: TreeEntry[] = [
     { path: HELPER_DIR, type: 'dir', mode: 0o700, ...owner },
     { path: `${HELPER_DIR}/init`, type: 'file', mode: 0o755, ...owner, data: await readFile(helper) },
+    ...helperDirectories(files).map((dir): TreeEntry => ({ path: `${HELPER_DIR}/${dir}`, type: 'dir', mode: 0o755, ...owner })),
     ...files.map((file): TreeEntry => ({ path: `${HELPER_DIR}/${file.name}`, type: 'file', mode: file.mode ?? 0o644, ...owner, data: file.data })),
   ];
   const archive = Buffer.concat(await newcArchive(entries).toArray());

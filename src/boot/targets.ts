@@ -15,7 +15,7 @@ async function manifestTargets(manifestPath: string): Promise<BootTarget[]> {
   const manifest = await readManifest(manifestPath);
   if (manifest.images.length === 0) throw new InputError(`manifest ${manifestPath} lists no images`, { hint: 'run rampack build first' });
   return manifest.images.map((image) => ({
-    label: `${image.language} ${image.version} ${image.arch}`,
+    label: `${image.language} ${image.version} ${image.arch}${image.variant ? ` ${image.variant}` : ''}`,
     file: join(dirname(manifestPath), image.file),
     arch: image.arch,
     language: image.language,

@@ -20,8 +20,10 @@ import { flattenLayers, type FlattenResult } from '../layers/flatten.ts';
 import { unpackImageLayers, type LayerProgress, type UnpackedLayer } from '../layers/unpack.ts';
 import type { ManifestImage } from '../manifest/manifest.ts';
 import type { BuildTarget } from '../recipe/recipe.ts';
+import { cellKey } from '../recipe/plan.ts';
 import { applyTreeOptions, extraFileReader } from '../recipe/tree-options.ts';
-import { dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
+import { readTraceFile, type SlimTrace } from '../slim/trace-file.ts';
+import { bytePath, dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
 import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
 import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import { formatBytes, silentLogger, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
@@ -50,8 +52,29 @@ async function readAgent(target: BuildTarget): Promise<Buffer> {
   return readInputFile(target.agent, `${target.arch} agent`, INPUT_FILE_LIMITS.agent, 'build the agent first, or point the recipe or --agent at it');
 }
 
-export function outputFileName(target: Pick<BuildTarget, 'language' | 'version' | 'arch' | 'compression'>): string {
-  return `${target.language}-${target.version}-${target.arch}.cpio${fileExtension(target.compression)}`;
+export function outputFileName(target: Pick<BuildTarget, 'language' | 'version' | 'arch' | 'variant' | 'compression'>): string {
+  return `${cellKey(target)}.cpio${fileExtension(target.compression)}`;
+}
+
+/** "go 1.27 x86_64", "go 1.27 x86_64 slim": how logs name a target. */
+export function targetLabel(target: Pick<BuildTarget, 'language' | 'version' | 'arch' | 'variant'>): string {
+  return `${target.language} ${target.version} ${target.arch}${target.variant ? ` ${target.variant}` : ''}`;
+}
+
+/**
+ * The trace a slim variant is made from, refused when it was taken from
+ * another image: its files would be another image's, and a file the workload
+ * needs could be missing. `rampack slim RECIPE` takes a new one.
+ */
+async function slimTraceFor(target: BuildTarget, image: ResolvedImage): Promise<SlimTrace> {
+  const trace = await readTraceFile(target.slim!.traceFile);
+  if (trace.manifestDigest !== image.manifestDigest) {
+    throw new InputError(
+      `trace ${target.slim!.traceFile} was taken from ${trace.image} (${trace.manifestDigest}), but ${targetLabel(target)} is built from ${image.reference} (${image.manifestDigest})`,
+      { hint: `trace the new image: rampack slim ${target.origin} --version ${target.version} --arch ${target.arch}` },
+    );
+  }
+  return trace;
 }
 
 /** mtime of the files rampack adds: SOURCE_DATE_EPOCH, else the image's creation time. */
@@ -123,12 +146,15 @@ function flattenImage(layers: UnpackedLayer[], image: ResolvedImage): FlattenRes
   }
 }
 
-function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, agentSha256: string, mtime: number, label: string): ComposeTree {
+function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, agentSha256: string, mtime: number, label: string, trace?: SlimTrace): ComposeTree {
   const read = extraFileReader(target.origin);
+  // The working directory is entered, never opened: the tracer cannot see it.
+  const workingDir = bytePath((image.config.config?.WorkingDir ?? '').replace(/^\/+/, ''));
+  const slim = trace && { trace: workingDir ? [...trace.paths, workingDir] : trace.paths, keep: target.slim!.keep };
   return async (layers, log) => {
     const flat = flattenImage(layers, image);
-    const tree = await applyTreeOptions(flat.entries, target, { mtime, log, label, read });
-    const injected = injectAgent(tree, {
+    const tree = await applyTreeOptions(flat.entries, target, { mtime, log, label, read, slim });
+    const injected = injectAgent(tree.entries, {
       image,
       language: target.language,
       version: target.version,
@@ -138,6 +164,7 @@ function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, 
       extraEnv: target.env,
       droppedXattrs: flat.droppedXattrs,
       mtime,
+      ...(tree.slim ? { slim: tree.slim } : {}),
     });
     return { flat, injected };
   };
@@ -171,7 +198,7 @@ function warnDroppedXattrs(xattrs: readonly DroppedXattr[], log: Logger, label: 
 }
 
 export async function buildTarget(target: BuildTarget, options: BuildOptions): Promise<ManifestImage> {
-  const label = `${target.language} ${target.version} ${target.arch}`;
+  const label = targetLabel(target);
   const agent = await readAgent(target);
   const elf = checkAgentBinary(agent, target.arch, target.agent!);
   if (elf.interpreter) {
@@ -198,16 +225,18 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   options.log.info(`${label}: ${image.reference} -> ${image.manifestDigest} (${image.layers.length} layers)`);
   options.log.debug(`${label}: gzip layers are inflated by ${gunzip}`);
 
+  const trace = target.variant === 'slim' ? await slimTraceFor(target, image) : undefined;
   const file = outputFileName(target);
   const mtime = addedFilesMtime(image, options.sourceDateEpoch);
-  const compose = treeComposer(target, image, agent, agentSha256, mtime, label);
+  const compose = treeComposer(target, image, agent, agentSha256, mtime, label, trace);
   const settings = { compression: target.compression, level: target.level, clampMtime: options.sourceDateEpoch, shardBytes: options.shardBytes };
   const workers = new ShardWorkers(options.cache);
   let composed: ComposedTree;
   let base: ImageArchive;
   let written: WrittenInitramfs;
   try {
-    const predict = async (layers: UnpackedLayer[]) => (await compose(layers, silentLogger)).injected.image;
+    // A slim tree depends on the whole image (programs' libraries, symlinks anywhere): predicting it from part of the layers would waste the CPU.
+    const predict = async (layers: UnpackedLayer[]) => (trace ? [] : (await compose(layers, silentLogger)).injected.image);
     const speculator = new ShardSpeculator(workers, predict, settings, image.layers.length);
     const pulled = await pullAndUnpack(image, store, pull, options, reporter, speculator);
     composed = await compose(pulled.layers, options.log);
@@ -233,6 +262,8 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   const directories = sizeByDirectory(treeFiles(stored), 2).slice(0, 5);
   options.log.debug(`${label}: largest directories: ${directories.map((dir) => `${dir.path} ${formatBytes(dir.bytes)}`).join(', ')}`);
   const boot = bootRequirements({ arch: target.arch, compression: target.compression, compressedBytes: written.size, tree: treeFootprint(stored) });
+  // What the image costs a VM: the unpacked bytes live in guest RAM, so they decide its memory and cold start.
+  options.log.info(`${label}: ${formatBytes(written.uncompressedBytes)} unpacked, boots in ${boot.minMemoryMiB} MiB (boot.minMemoryMiB with ${boot.cmdline})`);
   if (target.memoryBudget !== undefined) {
     const check = { label, budgetBytes: target.memoryBudget, minMemoryMiB: boot.minMemoryMiB, compressedBytes: written.size, uncompressedBytes: written.uncompressedBytes, directories };
     const warning = memoryBudgetWarning(check);
@@ -243,6 +274,7 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
     version: target.version,
     default: target.isDefault,
     arch: target.arch,
+    ...(target.variant ? { variant: target.variant } : {}),
     file,
     sha256: written.sha256,
     size: written.size,

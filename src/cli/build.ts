@@ -1,7 +1,7 @@
 /** `rampack build`: recipes, or one image given by flags, to initramfs files and a manifest. */
 import { join, resolve } from 'node:path';
 import { Command, Option } from 'commander';
-import { buildTarget, type BuildOptions } from '../build/build.ts';
+import { buildTarget, targetLabel, type BuildOptions } from '../build/build.ts';
 import { Cache } from '../cache/cache.ts';
 import { withCacheLease } from '../cache/lease.ts';
 import { isLocalSource } from '../build/source.ts';
@@ -12,7 +12,7 @@ import { parseImageReference } from '../image/reference.ts';
 import { ARCHES, type Arch } from '../image/source.ts';
 import { FRAGMENTS_DIR, fragmentPath, MANIFEST_FILE, mergeImages, readManifest, writeFragment, writeManifest, type ManifestImage } from '../manifest/manifest.ts';
 import { withPulledAgent } from '../recipe/agent-image.ts';
-import { inputDigest, selectCells } from '../recipe/plan.ts';
+import { inputDigest, selectCells, withoutUntracedSlims } from '../recipe/plan.ts';
 import { checkFlagValue, loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from '../recipe/recipe.ts';
 import { loadConfigMirrors, mergeMirrors, mirrorsFromFlags } from '../registry/mirrors.ts';
 import { prepareOutputDirectory, removeStaleTemporaries } from '../util/atomic.ts';
@@ -120,7 +120,8 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   await checkFieldFlags(flags);
   const output = createOutput(flags);
   const log = output.log;
-  const targets = selectCells(flags.image ? [await flagTarget(flags)] : await recipeTargetsFrom(paths, flags), flags.only);
+  const selected = selectCells(flags.image ? [await flagTarget(flags)] : await recipeTargetsFrom(paths, flags), flags.only);
+  const targets = flags.only ? selected : await withoutUntracedSlims(selected, (message) => log.warn(message));
   const outDir = resolve(flags.out);
   const sourceDateEpoch = process.env.SOURCE_DATE_EPOCH ? Number(process.env.SOURCE_DATE_EPOCH) : undefined;
   if (sourceDateEpoch !== undefined && !Number.isInteger(sourceDateEpoch)) {
@@ -146,7 +147,7 @@ async function runBuild(paths: string[], flags: BuildFlags): Promise<void> {
   // The lease keeps `cache prune` from removing what the builds use (cache/lease.ts).
   await withCacheLease(options.cache, () => output.runJobs(
     targets.map((target) => ({
-      label: `${target.language} ${target.version} ${target.arch}`,
+      label: targetLabel(target),
       run: async (reporter) => {
         const image = await buildTarget(await withPulledAgent(target, options), { ...options, reporter });
         reporter.start('write');

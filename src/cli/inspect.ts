@@ -3,11 +3,15 @@ import { stat } from 'node:fs/promises';
 import { Command } from 'commander';
 import { Cache } from '../cache/cache.ts';
 import { withCacheLease } from '../cache/lease.ts';
-import { isLocalSource } from '../build/source.ts';
 import { parseImageReference } from '../image/reference.ts';
+import { requirementsOf } from '../boot/check.ts';
+import { isLocalSource } from '../build/source.ts';
 import { UsageError } from '../errors.ts';
+import { ARCHES, type Arch } from '../image/source.ts';
 import { inspectImage, type ImageInspection } from '../inspect/image.ts';
 import { readInitramfs, summarize, type InitramfsSummary } from '../inspect/initramfs.ts';
+import type { BootRequirements } from '../manifest/manifest.ts';
+import type { SlimSummary } from '../recipe/tree-options.ts';
 import { formatBytes, lineLogger } from '../util/log.ts';
 import { columns, printJson, printLines } from './format.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
@@ -38,14 +42,23 @@ function imageLine(imageJson: unknown): string {
   return `${image.language} ${image.version} ${image.arch} from ${image.image?.reference} (${image.image?.manifestDigest})`;
 }
 
-function initramfsReport(summary: InitramfsSummary): string[] {
+/** A slim variant's line: what its slim step kept and dropped (from image.json). */
+function slimLine(imageJson: unknown): string[] {
+  const slim = (imageJson as { slim?: SlimSummary } | null)?.slim;
+  if (!slim) return [];
+  return [`slim         kept ${slim.keptEntries} entries (${formatBytes(slim.keptBytes)} of file data), dropped ${slim.removedEntries} entries (${formatBytes(slim.droppedBytes)})`];
+}
+
+function initramfsReport(summary: InitramfsSummary & { boot?: BootRequirements }): string[] {
   return [
     `file         ${summary.file}`,
     `size         ${formatBytes(summary.size)} (${summary.compression.join(' + ')}), ${formatBytes(summary.uncompressedSize)} uncompressed, ratio ${summary.compressionRatio}x`,
     `entries      ${summary.entries} (${typeCounts(summary)})`,
     `file data    ${formatBytes(summary.fileBytes)}`,
+    ...(summary.boot ? [`memory       boots in ${summary.boot.minMemoryMiB} MiB with ${summary.boot.cmdline} (the build's boot.minMemoryMiB rule)`] : []),
     `agent        ${summary.agent ? `${summary.agent.path} sha256:${summary.agent.sha256} (${formatBytes(summary.agent.size)})` : 'none (no /init)'}`,
     `image        ${imageLine(summary.imageJson)}`,
+    ...slimLine(summary.imageJson),
     '',
     'size by top-level directory:',
     ...columns(summary.topLevelDirectories.map((dir) => [dir.path, formatBytes(dir.bytes), `${dir.files} file${dir.files === 1 ? '' : 's'}`])),
@@ -82,7 +95,11 @@ function imageReport(inspection: ImageInspection): string[] {
 
 async function runInspect(target: string, flags: InspectFlags): Promise<void> {
   if (await isFile(target)) {
-    const summary = summarize(await readInitramfs(target), flags.top);
+    const contents = await readInitramfs(target);
+    const arch = (contents.imageJson as { arch?: string } | undefined)?.arch;
+    // The memory rule of the manifest's boot.minMemoryMiB, for a file without its manifest.
+    const boot = ARCHES.includes(arch as Arch) ? requirementsOf(contents, arch as Arch) : undefined;
+    const summary = { ...summarize(contents, flags.top), ...(boot ? { boot } : {}) };
     if (flags.json) printJson(summary);
     else printLines(initramfsReport(summary));
     return;

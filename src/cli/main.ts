@@ -15,6 +15,7 @@ import { keygenCommand } from './keygen.ts';
 import { manifestCommand } from './manifest.ts';
 import { planCommand } from './plan.ts';
 import { publishCommand } from './publish.ts';
+import { slimCommand } from './slim.ts';
 
 /** Usage errors throw (so they map to exit code 2) instead of exiting inside commander. */
 function strict(command: Command): Command {
@@ -54,6 +55,7 @@ function program(): Command {
     .addCommand(strict(inspectCommand()))
     .addCommand(strict(diffCommand()))
     .addCommand(strict(verifyCommand()))
+    .addCommand(strict(slimCommand()))
     .addCommand(strict(completionCommand()));
   return readableUsageErrors(acceptDebugEverywhere(cli));
 }

@@ -1,9 +1,10 @@
 /** `rampack plan`: the build matrix of a set of recipes, for CI. */
 import { Command } from 'commander';
-import { loadTargets, planCells } from '../recipe/plan.ts';
+import { loadTargets, planCells, withoutUntracedSlims } from '../recipe/plan.ts';
 
 async function runPlan(paths: string[], flags: { json?: boolean }): Promise<void> {
-  const cells = await planCells(await loadTargets(paths.length > 0 ? paths : ['recipes']));
+  const targets = await loadTargets(paths.length > 0 ? paths : ['recipes']);
+  const cells = await planCells(await withoutUntracedSlims(targets, (message) => process.stderr.write(`rampack: warning: ${message}\n`)));
   if (flags.json) {
     process.stdout.write(`${JSON.stringify({ include: cells })}\n`);
     return;
@@ -21,7 +22,7 @@ export function planCommand(): Command {
     .addHelpText(
       'after',
       `
-Each cell: key (language-version-arch, for \`rampack build --only KEY\`), language, version, arch,
+Each cell: key (language-version-arch, plus -slim for a recipe's slim variant once its trace exists, for \`rampack build --only KEY\`), language, version, arch,
 default, image, recipe, inputDigest (sha256 of the recipe cell, the agent and extra files, and
 rampack's version). Agents and extra files must exist when planning: their bytes are in the digest.
 

@@ -208,7 +208,7 @@ export function verifyCommand(): Command {
       'after',
       `
 Each image boots exactly as published: the file the manifest names, the entry's boot.cmdline, and
-boot.minMemoryMiB of RAM (--memory overrides). A probe init (src/boot/probe/probe.c, compiled for the
+boot.minMemoryMiB of RAM (--memory overrides). A probe init (native/guest/probe.c, compiled for the
 arch with musl-gcc or aarch64-linux-gnu-gcc at first use) is appended to a temporary copy as one more
 cpio archive and started with rdinit= instead of the agent, so any agent can be verified: the probe
 checks that /init is an executable ELF for the arch, runs the smoke command with the image's env,

@@ -33,6 +33,8 @@ export interface ManifestImage {
   version: string;
   default: boolean;
   arch: Arch;
+  /** "slim": the variant with only what the traced workload needs (docs/manifest.md); absent for the full image. */
+  variant?: 'slim';
   /** File name relative to the manifest. */
   file: string;
   sha256: string;
@@ -65,8 +67,13 @@ export interface Manifest {
   images: ManifestImage[];
 }
 
-function imageKey(image: Pick<ManifestImage, 'language' | 'version' | 'arch'>): string {
-  return `${image.language}\0${image.version}\0${image.arch}`;
+function imageKey(image: Pick<ManifestImage, 'language' | 'version' | 'arch' | 'variant'>): string {
+  return `${image.language}\0${image.version}\0${image.arch}\0${image.variant ?? ''}`;
+}
+
+/** Default versions are per language, arch and variant. */
+function defaultKey(image: Pick<ManifestImage, 'language' | 'arch' | 'variant'>): string {
+  return `${image.language}\0${image.arch}\0${image.variant ?? ''}`;
 }
 
 function compareImages(a: ManifestImage, b: ManifestImage): number {
@@ -142,7 +149,7 @@ export function mergeImages(manifest: Manifest, images: readonly ManifestImage[]
   for (const image of images) {
     if (image.default) {
       for (const [key, other] of byKey) {
-        if (other.language === image.language && other.arch === image.arch && other.default) {
+        if (defaultKey(other) === defaultKey(image) && other.default) {
           byKey.set(key, { ...other, default: false });
         }
       }
@@ -176,7 +183,7 @@ export function fragmentPath(outDir: string, key: string): string {
 }
 
 function describeImage(image: ManifestImage): string {
-  return `${image.language} ${image.version} ${image.arch}`;
+  return `${image.language} ${image.version} ${image.arch}${image.variant ? ` ${image.variant}` : ''}`;
 }
 
 /**
@@ -197,14 +204,13 @@ export function mergeFragments(fragments: ReadonlyArray<{ path: string; manifest
         });
       }
       cells.set(imageKey(image), { image, path });
-      const defaultKey = `${image.language}\0${image.arch}`;
-      const other = defaults.get(defaultKey);
+      const other = defaults.get(defaultKey(image));
       if (image.default && other && other.image.version !== image.version) {
         throw new InputError(`fragments ${other.path} and ${path} both mark a default ${image.language} for ${image.arch}: ${other.image.version} and ${image.version}`, {
           hint: 'the fragments come from different recipes; rebuild them from one',
         });
       }
-      if (image.default) defaults.set(defaultKey, { image, path });
+      if (image.default) defaults.set(defaultKey(image), { image, path });
     }
   }
   return { ...emptyManifest(), images: [...cells.values()].map((cell) => cell.image).sort(compareImages) };

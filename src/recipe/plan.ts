@@ -4,26 +4,28 @@
  * printed by `rampack plan --json` in the form a GitHub Actions matrix takes
  * (`{"include": [...]}`); `rampack build --only KEY` builds one cell.
  */
+import { access } from 'node:fs/promises';
 import { InputError, UsageError } from '../errors.ts';
 import type { Arch } from '../image/source.ts';
 import { sha256Digest } from '../util/digest.ts';
 import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import { TOOL_VERSION } from '../version.ts';
-import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from './recipe.ts';
+import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget, type Variant } from './recipe.ts';
 
 export interface PlanCell {
   key: string;
   language: string;
   version: string;
   arch: Arch;
+  variant?: Variant;
   default: boolean;
   image: string;
   recipe: string;
   inputDigest: string;
 }
 
-export function cellKey(target: Pick<BuildTarget, 'language' | 'version' | 'arch'>): string {
-  return `${target.language}-${target.version}-${target.arch}`;
+export function cellKey(target: Pick<BuildTarget, 'language' | 'version' | 'arch' | 'variant'>): string {
+  return `${target.language}-${target.version}-${target.arch}${target.variant ? `-${target.variant}` : ''}`;
 }
 
 /** Every cell of the recipes, refusing two recipes that produce the same key. */
@@ -39,8 +41,26 @@ export async function loadTargets(paths: readonly string[]): Promise<BuildTarget
   return [...byKey.values()];
 }
 
-async function fileSha256(path: string, what: 'agent' | 'extraFile'): Promise<string> {
-  const bytes = await readInputFile(path, what === 'agent' ? 'agent' : 'extra file', INPUT_FILE_LIMITS[what], 'the input digest covers it: build or fetch it before planning');
+/**
+ * Slim variants whose trace was never taken are left out (with a warning), so
+ * a recipe can gain a slim section before its images are traced; `build --only
+ * KEY-slim` asks for one and fails without its trace. A trace of another image
+ * fails the variant's build (build/build.ts).
+ */
+export async function withoutUntracedSlims(targets: readonly BuildTarget[], warn: (message: string) => void): Promise<BuildTarget[]> {
+  const kept: BuildTarget[] = [];
+  for (const target of targets) {
+    if (target.variant === 'slim' && !(await access(target.slim!.traceFile).then(() => true, () => false))) {
+      warn(`${cellKey(target)}: no trace ${target.slim!.traceFile}, slim variant left out; take it with: rampack slim ${target.origin} --version ${target.version} --arch ${target.arch}`);
+    } else kept.push(target);
+  }
+  return kept;
+}
+
+const INPUT_NAMES = { agent: 'agent', extraFile: 'extra file', trace: 'trace' } as const;
+
+async function fileSha256(path: string, what: keyof typeof INPUT_NAMES): Promise<string> {
+  const bytes = await readInputFile(path, INPUT_NAMES[what], INPUT_FILE_LIMITS[what], 'the input digest covers it: build or fetch it before planning');
   return sha256Digest(bytes);
 }
 
@@ -56,6 +76,8 @@ export async function inputDigest(target: BuildTarget): Promise<string> {
   for (const file of target.files ?? []) {
     files.push({ destination: file.destination, mode: file.mode, uid: file.uid, gid: file.gid, sha256: await fileSha256(file.source, 'extraFile') });
   }
+  // A slim variant is made from its trace: a new trace is a new input.
+  const slim = target.variant === 'slim' && target.slim ? { keep: target.slim.keep, trace: await fileSha256(target.slim.traceFile, 'trace') } : null;
   const inputs = {
     tool: TOOL_VERSION,
     language: target.language,
@@ -69,6 +91,7 @@ export async function inputDigest(target: BuildTarget): Promise<string> {
     drop: target.drop ?? [],
     files,
     agent,
+    ...(slim ? { variant: target.variant, slim } : {}),
   };
   return sha256Digest(JSON.stringify(inputs));
 }
@@ -81,6 +104,7 @@ export async function planCells(targets: readonly BuildTarget[]): Promise<PlanCe
       language: target.language,
       version: target.version,
       arch: target.arch,
+      ...(target.variant ? { variant: target.variant } : {}),
       default: target.isDefault,
       image: target.image,
       recipe: target.origin,

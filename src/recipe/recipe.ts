@@ -4,7 +4,7 @@
  * explains it.
  */
 import { readdir, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { parseDocument, type Document } from 'yaml';
 import type { Compression } from '../compress/index.ts';
 import { InputError, UsageError } from '../errors.ts';
@@ -53,7 +53,32 @@ export interface Recipe {
   memoryBudget?: string;
   files?: RecipeFile[];
   drop?: string[];
+  slim?: RecipeSlim;
 }
+
+/** The recipe's `slim:` section (schemas/recipe.schema.json). */
+export interface RecipeSlim {
+  workload: string[][];
+  files?: string;
+  keep?: string[];
+  trace?: string;
+}
+
+/** A slim variant's settings, resolved for one cell. */
+export interface SlimSettings {
+  /** Commands the tracer runs after the smoke command. */
+  workload: string[][];
+  /** Absolute directory copied to /.rampack-probe/workload while tracing and verifying. */
+  workloadFiles?: string;
+  keep: string[];
+  /** Absolute path of the cell's trace file. */
+  traceFile: string;
+}
+
+/** Absent for the full image. */
+export type Variant = 'slim';
+
+const DEFAULT_TRACE = 'traces/{language}-{version}-{arch}.trace';
 
 /** A file to add to the image tree, resolved for one arch. */
 export interface ExtraFile {
@@ -93,6 +118,10 @@ export interface BuildTarget {
   files?: ExtraFile[];
   /** Globs of paths left out of the tree. */
   drop?: string[];
+  /** The recipe's slim settings: on the full target (what `rampack slim` traces) and on its slim variant. */
+  slim?: SlimSettings;
+  /** "slim" for the variant built from the trace; absent for the full image. */
+  variant?: Variant;
   /** Where the target came from, for messages. */
   origin: string;
 }
@@ -236,8 +265,24 @@ function extraFiles(recipe: Recipe, arch: Arch): ExtraFile[] {
   });
 }
 
-/** Every language x version x arch cell of a recipe. */
+function slimSettings(recipe: Recipe, origin: string, version: string, arch: Arch): SlimSettings | undefined {
+  if (recipe.slim === undefined) return undefined;
+  const recipeDir = dirname(resolve(origin));
+  const trace = (recipe.slim.trace ?? DEFAULT_TRACE).replaceAll('{language}', recipe.language).replaceAll('{version}', version).replaceAll('{arch}', arch);
+  return {
+    workload: recipe.slim.workload,
+    ...(recipe.slim.files === undefined ? {} : { workloadFiles: resolve(recipeDir, recipe.slim.files) }),
+    keep: recipe.slim.keep ?? [],
+    traceFile: resolve(recipeDir, trace),
+  };
+}
+
+/** Every language x version x arch cell of a recipe, each followed by its slim variant when the recipe has a slim section. */
 export function recipeTargets(recipe: Recipe, origin: string): BuildTarget[] {
+  return fullTargets(recipe, origin).flatMap((target) => (target.slim ? [target, { ...target, variant: 'slim' as const }] : [target]));
+}
+
+function fullTargets(recipe: Recipe, origin: string): BuildTarget[] {
   const defaultVersion = recipe.versions.find((entry) => entry.default) ?? recipe.versions[0]!;
   return recipe.versions.flatMap((entry) =>
     (recipe.arches ?? ARCHES).map((arch) => ({
@@ -254,6 +299,7 @@ export function recipeTargets(recipe: Recipe, origin: string): BuildTarget[] {
       memoryBudget: recipe.memoryBudget === undefined ? undefined : parseByteSize(recipe.memoryBudget, `recipe ${origin}: memoryBudget`),
       files: extraFiles(recipe, arch),
       drop: recipe.drop ?? [],
+      slim: slimSettings(recipe, origin, entry.version, arch),
       origin,
     })),
   );

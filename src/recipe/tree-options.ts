@@ -1,10 +1,12 @@
 /**
  * The recipe options that change the image tree: `drop` (paths left out to
- * make the initramfs smaller) and `files` (extra files added). Both act on
- * the flattened tree, before the agent stage adds /init and /etc/rampack.
+ * make the initramfs smaller), `slim` (everything but what a traced workload
+ * needs left out, src/slim/slim-tree.ts) and `files` (extra files added).
+ * All act on the flattened tree, before the agent stage adds /init and /etc/rampack.
  */
 import { InputError } from '../errors.ts';
 import { bytePath, dataSize, displayPath, parentPath, sortByTreePath, type TreeEntry } from '../tree/entry.ts';
+import { slimTree } from '../slim/slim-tree.ts';
 import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import type { Logger } from '../util/log.ts';
 import type { BuildTarget, ExtraFile } from './recipe.ts';
@@ -44,25 +46,30 @@ function dataKey(entry: TreeEntry): string {
   return entry.inode === undefined ? `path:${entry.path}` : `inode:${entry.inode}`;
 }
 
+/** What a transform left out of `all` to get `kept` (a subsequence of it): counts and file data saved. */
+export function treeDifference(all: readonly TreeEntry[], kept: TreeEntry[]): DropResult {
+  const keptData = new Set(kept.map(dataKey));
+  const droppedData = new Map<string, number>();
+  for (const entry of all) if (!keptData.has(dataKey(entry))) droppedData.set(dataKey(entry), dataSize(entry));
+  const bytesSaved = [...droppedData.values()].reduce((sum, size) => sum + size, 0);
+  return { entries: kept, removed: all.length - kept.length, bytesSaved };
+}
+
 /** Leaves out every entry a pattern matches, with the subtree of matched directories. */
 export function dropPaths(entries: readonly TreeEntry[], patterns: readonly string[]): DropResult {
   if (patterns.length === 0) return { entries: [...entries], removed: 0, bytesSaved: 0 };
   const matchers = patterns.map(globToRegExp);
   const droppedDirs = new Set<string>();
   const kept: TreeEntry[] = [];
-  const droppedData = new Map<string, number>();
   for (const entry of entries) {
     // Parents come first, so a dropped ancestor is already known.
     if (droppedDirs.has(parentPath(entry.path)) || matchers.some((matcher) => matcher.test(entry.path))) {
       if (entry.type === 'dir') droppedDirs.add(entry.path);
-      droppedData.set(dataKey(entry), dataSize(entry));
     } else {
       kept.push(entry);
     }
   }
-  for (const entry of kept) droppedData.delete(dataKey(entry));
-  const bytesSaved = [...droppedData.values()].reduce((sum, size) => sum + size, 0);
-  return { entries: kept, removed: entries.length - kept.length, bytesSaved };
+  return treeDifference(entries, kept);
 }
 
 /** Reads a recipe's extra file; the build memoizes it (extraFileReader) since each prediction round applies the options again. */
@@ -110,15 +117,34 @@ export function extraFileReader(origin: string): (file: ExtraFile) => Promise<Bu
   };
 }
 
-/** Applies a target's drop and files options to a flattened tree, logging what drop saved. */
+/** What the slim step kept and dropped, for the build log and /etc/rampack/image.json (`rampack inspect`). */
+export interface SlimSummary {
+  keptEntries: number;
+  removedEntries: number;
+  /** File data kept and dropped (hard links once). */
+  keptBytes: number;
+  droppedBytes: number;
+}
+
+/** Applies a target's drop, slim and files options to a flattened tree, logging what drop and slim saved. */
 export async function applyTreeOptions(
   entries: readonly TreeEntry[],
-  target: Pick<BuildTarget, 'drop' | 'files' | 'origin'>,
-  context: { mtime: number; log: Logger; label: string; read?: (file: ExtraFile) => Promise<Buffer> },
-): Promise<TreeEntry[]> {
+  target: Pick<BuildTarget, 'drop' | 'files' | 'origin' | 'arch'>,
+  context: { mtime: number; log: Logger; label: string; read?: (file: ExtraFile) => Promise<Buffer>; slim?: { trace: readonly string[]; keep: readonly string[] } },
+): Promise<{ entries: TreeEntry[]; slim?: SlimSummary }> {
   const dropped = dropPaths(entries, target.drop ?? []);
   if (target.drop?.length) {
     context.log.info(`${context.label}: drop removed ${dropped.removed} entries, ${dropped.bytesSaved} bytes of file data saved`);
   }
-  return addFiles(dropped.entries, target.files ?? [], context.mtime, target.origin, context.read);
+  let tree = dropped.entries;
+  let summary: SlimSummary | undefined;
+  if (context.slim !== undefined) {
+    const slimmed = await slimTree(tree, { ...context.slim, arch: target.arch });
+    const keptBytes = treeDifference(tree, []).bytesSaved - slimmed.bytesSaved;
+    summary = { keptEntries: slimmed.entries.length, removedEntries: slimmed.removed, keptBytes, droppedBytes: slimmed.bytesSaved };
+    context.log.info(`${context.label}: slim kept ${slimmed.entries.length} of ${tree.length} entries, removed ${slimmed.removed} entries, ${slimmed.bytesSaved} bytes of file data saved (${keptBytes} kept)`);
+    tree = slimmed.entries;
+  }
+  const withFiles = await addFiles(tree, target.files ?? [], context.mtime, target.origin, context.read);
+  return summary ? { entries: withFiles, slim: summary } : { entries: withFiles };
 }

@@ -24,6 +24,8 @@ export const INPUT_FILE_LIMITS = {
   manifest: 16 * MiB,
   key: 64 * 1024,
   signature: 1 * MiB,
+  /** A slim variant's trace: one line per kept path. */
+  trace: 16 * MiB,
   /** The runtime's state file of `manifest verify --state`: one serial and one digest. */
   state: 64 * 1024,
   /** rampack's config, docker's config.json, CA bundles. */

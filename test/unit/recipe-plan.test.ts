@@ -1,8 +1,8 @@
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError, UsageError } from '../../src/errors.ts';
-import { cellKey, inputDigest, loadTargets, planCells, selectCell } from '../../src/recipe/plan.ts';
+import { cellKey, inputDigest, loadTargets, planCells, selectCell, withoutUntracedSlims } from '../../src/recipe/plan.ts';
 import { testDirectory } from '../helpers/temp.ts';
 
 const dir = testDirectory('plan');
@@ -72,5 +72,21 @@ describe('the build plan', () => {
     const error = (() => { try { selectCell(targets, 'go-1.20-x86_64'); } catch (e) { return e; } })();
     expect(error).toBeInstanceOf(UsageError);
     expect((error as UsageError).hint).toContain('go-1.27-x86_64, go-1.27-aarch64');
+  });
+
+  it('adds a slim variant cell once its trace exists, whose digest covers the trace', async () => {
+    const slim = recipe('py.yaml', `language: python\nimage: python\nversions: [{version: "3.15"}]\narches: [x86_64]\nagent: ${agent}\nslim: {workload: [[python3, -c, "1"]], keep: [usr/lib/**], trace: "traces/{language}-{version}-{arch}.trace"}\n`);
+    const targets = await loadTargets([slim]);
+    expect(targets.map(cellKey)).toEqual(['python-3.15-x86_64', 'python-3.15-x86_64-slim']);
+    const warnings: string[] = [];
+    expect((await withoutUntracedSlims(targets, (message) => warnings.push(message))).map(cellKey)).toEqual(['python-3.15-x86_64']);
+    expect(warnings[0]).toContain(`python-3.15-x86_64-slim: no trace ${join(dir, 'traces', 'python-3.15-x86_64.trace')}`);
+    mkdirSync(join(dir, 'traces'));
+    writeFileSync(join(dir, 'traces', 'python-3.15-x86_64.trace'), 'v1');
+    const cells = await planCells(await withoutUntracedSlims(targets, () => {}));
+    expect(cells.map((cell) => [cell.key, cell.variant])).toEqual([['python-3.15-x86_64', undefined], ['python-3.15-x86_64-slim', 'slim']]);
+    writeFileSync(join(dir, 'traces', 'python-3.15-x86_64.trace'), 'v2');
+    expect(await inputDigest(targets[1]!)).not.toBe(cells[1]!.inputDigest);
+    expect(await inputDigest(targets[0]!)).toBe(cells[0]!.inputDigest);
   });
 });

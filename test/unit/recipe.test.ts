@@ -82,7 +82,9 @@ describe('recipes', () => {
   it('validates the recipes shipped in recipes/', async () => {
     for (const file of await recipeFiles(['recipes'])) {
       const targets = recipeTargets(await loadRecipe(file), file);
-      expect(targets.filter((t) => t.isDefault).length).toBe(2);
+      // One default per arch, for the full image and for its slim variant.
+      expect(targets.filter((t) => t.isDefault && !t.variant).length).toBe(2);
+      expect(targets.filter((t) => t.isDefault && t.variant === 'slim').length).toBe(2);
     }
   });
 
