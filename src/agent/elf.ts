@@ -1,6 +1,6 @@
 /** Just enough ELF parsing to check that an agent binary can be /init on an arch. */
 import { InputError } from '../errors.ts';
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 
 const ELF_MAGIC = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
 const ELFCLASS64 = 2;

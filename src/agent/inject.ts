@@ -5,8 +5,8 @@
  * the mount points the agent needs. docs/initramfs-layout.md is the contract.
  */
 import { InputError } from '../errors.ts';
-import type { Arch, ResolvedImage } from '../image/source.ts';
-import type { SlimSummary } from '../recipe/tree-options.ts';
+import type { Arch, ResolvedImage } from '../oci/content.ts';
+import type { SlimSummary } from '../tree/transforms.ts';
 import { displayPath, parentPath, sortByTreePath, type TreeEntry } from '../tree/entry.ts';
 
 /** Docker's PATH for images whose config sets none. */

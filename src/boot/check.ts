@@ -8,7 +8,7 @@
  * reads the console, since QEMU exits 0 after a guest panic too.
  */
 import { InputError } from '../errors.ts';
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 import { AGENT_PATH, readInitramfs, type InitramfsContents } from '../inspect/initramfs.ts';
 import type { BootRequirements } from '../manifest/manifest.ts';
 import { formatDuration } from '../util/log.ts';

@@ -9,7 +9,7 @@ import { copyFile, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { InputError } from '../errors.ts';
-import { OCI_ARCH, type Arch } from '../image/source.ts';
+import { OCI_ARCH, type Arch } from '../oci/content.ts';
 import { writeAtomically } from '../util/atomic.ts';
 
 const run = promisify(execFile);

@@ -13,7 +13,7 @@
  * generated images of different shapes on both arches near their limit with
  * `rampack verify --boot --find-min-memory` (docs/runtime.md has the table).
  */
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 
 const MiB = 1024 * 1024;
 const PAGE_BYTES = 4096;

@@ -16,7 +16,7 @@ import { promisify } from 'node:util';
 import { newcArchive } from '../cpio/writer.ts';
 import { paddingFor } from '../cpio/newc.ts';
 import { InputError } from '../errors.ts';
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 import type { TreeEntry } from '../tree/entry.ts';
 import { writeAtomically } from '../util/atomic.ts';
 

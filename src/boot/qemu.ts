@@ -6,7 +6,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { access, constants } from 'node:fs/promises';
 import { InputError, UsageError } from '../errors.ts';
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 
 export interface BootOptions {
   arch: Arch;

@@ -4,7 +4,7 @@
  * docs/runtime.md explains each; docs/decisions.md says why ramfs.
  */
 import type { Compression } from '../compress/index.ts';
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 import type { BootRequirements } from '../manifest/manifest.ts';
 import { minimumMemoryMiB, type TreeFootprint } from './memory.ts';
 

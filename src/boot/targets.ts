@@ -6,7 +6,7 @@
 import { stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { InputError } from '../errors.ts';
-import { ARCHES, type Arch } from '../image/source.ts';
+import { ARCHES, type Arch } from '../oci/content.ts';
 import { readInitramfs } from '../inspect/initramfs.ts';
 import { MANIFEST_FILE, readManifest } from '../manifest/manifest.ts';
 import type { BootTarget } from './check.ts';

@@ -4,7 +4,7 @@
  *
  *   blobs/sha256/<hex>                  image blobs as pulled (registry/cache.ts writes them)
  *   layers/sha256/<diffid>.tar, .json   each layer uncompressed, and its entry index (layers/unpack.ts)
- *   shards/<key>.gz|.zst                compressed newc shards of image parts (build/archive.ts)
+ *   shards/<key>.gz|.zst                compressed newc shards of image parts (pipeline/image-part.ts)
  *   rootfs/<key>.json                   an image part: its shards in order
  *   outputs/<sha256 of path>.json       what the last build wrote to an output file
  *   kernels/<arch>/                     Debian kernels for `verify --boot` (boot/kernel.ts)
@@ -19,7 +19,7 @@ import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, utimes } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 import { writeFileAtomically } from '../util/atomic.ts';
 import { digestHex } from '../util/digest.ts';
 import { silentLogger, type Logger } from '../util/log.ts';

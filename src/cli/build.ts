@@ -1,19 +1,20 @@
 /** `rampack build`: recipes, or one image given by flags, to initramfs files and a manifest. */
 import { join, resolve } from 'node:path';
 import { Command, Option } from 'commander';
-import { buildTarget, targetLabel, type BuildOptions } from '../build/build.ts';
+import { buildTarget, targetLabel, type BuildOptions } from '../pipeline/build.ts';
 import { Cache } from '../cache/cache.ts';
 import { withCacheLease } from '../cache/lease.ts';
-import { isLocalSource } from '../build/source.ts';
+import { isLocalSource } from '../sources/open.ts';
 import { COMPRESSIONS, type Compression } from '../compress/index.ts';
 import { UsageError } from '../errors.ts';
 import { parseByteSize } from '../inspect/size.ts';
-import { parseImageReference } from '../image/reference.ts';
-import { ARCHES, type Arch } from '../image/source.ts';
+import { parseImageReference } from '../oci/reference.ts';
+import { ARCHES, type Arch } from '../oci/content.ts';
 import { FRAGMENTS_DIR, fragmentPath, MANIFEST_FILE, mergeImages, readManifest, writeFragment, writeManifest, type ManifestImage } from '../manifest/manifest.ts';
 import { withPulledAgent } from '../recipe/agent-image.ts';
 import { inputDigest, selectCells, withoutUntracedSlims } from '../recipe/plan.ts';
-import { checkFlagValue, loadRecipe, recipeFiles, recipeTargets, type BuildTarget } from '../recipe/recipe.ts';
+import { checkFlagValue, loadRecipe, recipeFiles, recipeTargets } from '../recipe/recipe.ts';
+import type { BuildTarget } from '../pipeline/target.ts';
 import { loadConfigMirrors, mergeMirrors, mirrorsFromFlags } from '../registry/mirrors.ts';
 import { prepareOutputDirectory, removeStaleTemporaries } from '../util/atomic.ts';
 import { createOutput } from './progress.ts';

@@ -2,7 +2,7 @@
 import { resolve } from 'node:path';
 import { Command } from 'commander';
 import { UsageError } from '../errors.ts';
-import { parseImageReference } from '../image/reference.ts';
+import { parseImageReference } from '../oci/reference.ts';
 import { DEFAULT_VALIDITY, warnIfExpired } from '../manifest/freshness.ts';
 import { loadSigningKeys, SIGNING_KEY_ENV } from '../manifest/sign.ts';
 import { publishToDirectory } from '../publish/directory.ts';

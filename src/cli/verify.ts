@@ -13,7 +13,7 @@ import { checkQemu } from '../boot/qemu.ts';
 import { bootTargets } from '../boot/targets.ts';
 import { WORKLOAD_HEADROOM_MIB } from '../boot/memory.ts';
 import { InputError, UsageError, VerificationError } from '../errors.ts';
-import { ARCHES, type Arch } from '../image/source.ts';
+import { ARCHES, type Arch } from '../oci/content.ts';
 import { loadRecipe } from '../recipe/recipe.ts';
 import { Cache } from '../cache/cache.ts';
 import { formatDuration, lineLogger, type Logger } from '../util/log.ts';

@@ -4,12 +4,12 @@
  * its manifest, layers with sizes, and config. Only manifests and configs are
  * fetched, never layers.
  */
-import { openContentStore, type SourceOptions } from '../build/source.ts';
+import { openContentStore, type SourceOptions } from '../sources/open.ts';
 import { InputError } from '../errors.ts';
-import { formatPlatform, platformEntries } from '../image/platform.ts';
-import { resolveImage } from '../image/resolve.ts';
-import { ARCHES, OCI_ARCH, type Arch, type ContentStore } from '../image/source.ts';
-import type { Descriptor, ImageIndex, ImageManifest } from '../image/types.ts';
+import { formatPlatform, platformEntries } from '../oci/platform.ts';
+import { resolveImage } from '../oci/resolve.ts';
+import { ARCHES, OCI_ARCH, type Arch, type ContentStore } from '../oci/content.ts';
+import type { Descriptor, ImageIndex, ImageManifest } from '../oci/types.ts';
 
 export interface LayerInfo {
   digest: string;

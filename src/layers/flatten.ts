@@ -30,7 +30,7 @@
 import { MAX_NAME_SIZE, MAX_U32 } from '../cpio/newc.ts';
 import { InputError } from '../errors.ts';
 import { displayPath, parentPath, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
-import type { LayerEntry } from './tar-index.ts';
+import type { LayerEntry } from '../tar/tar-index.ts';
 import type { UnpackedLayer } from './unpack.ts';
 
 export interface DroppedXattr {

@@ -12,14 +12,14 @@ import { pipeline } from 'node:stream/promises';
 import { isCount, isObject, isString, type Cache } from '../cache/cache.ts';
 import { createDecompressor, detectCompression, isCorruptStreamError } from '../compress/index.ts';
 import { DownloadRestartedError, InputError, VerificationError } from '../errors.ts';
-import type { IncomingBlob } from '../image/source.ts';
-import type { Descriptor } from '../image/types.ts';
+import type { IncomingBlob } from '../oci/content.ts';
+import type { Descriptor } from '../oci/types.ts';
 import { writeAtomically } from '../util/atomic.ts';
 import { mapConcurrent } from '../util/concurrency.ts';
 import { digestHex, DigestingStream } from '../util/digest.ts';
 import { siblingModuleUrl, sourceIdentity } from '../util/source-identity.ts';
 import { SparseFileWriter } from './sparse-file.ts';
-import { type LayerEntry, type LayerEntryType, TarIndexer, tarIndexStream } from './tar-index.ts';
+import { type LayerEntry, type LayerEntryType, TarIndexer, tarIndexStream } from '../tar/tar-index.ts';
 
 export interface UnpackedLayer {
   /** sha256 of the uncompressed tar (the image config's diff_id). */
@@ -45,7 +45,7 @@ export interface UnpackLayerOptions {
 
 /**
  * A layer while it unpacks, for work that starts before it is done
- * (build/speculate.ts): what is indexed so far and how much of the tar can be
+ * (pipeline/speculate.ts): what is indexed so far and how much of the tar can be
  * read back. Both only grow.
  */
 export interface LayerProgress {
@@ -65,7 +65,7 @@ export interface LayerProgress {
  * a change to how tars are read can never be served from an older index.
  */
 function indexerIdentity(): string {
-  return sourceIdentity(siblingModuleUrl(import.meta.url, 'tar-index'));
+  return sourceIdentity(siblingModuleUrl(import.meta.url, '../tar/tar-index'));
 }
 
 interface StoredIndex {

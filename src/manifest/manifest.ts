@@ -7,8 +7,8 @@
 import { join } from 'node:path';
 import type { Compression } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
-import type { Arch } from '../image/source.ts';
-import { schemaProblems } from '../recipe/json-schema.ts';
+import type { Arch } from '../oci/content.ts';
+import { schemaProblems } from '../util/json-schema.ts';
 import { writeFileAtomically } from '../util/atomic.ts';
 import { INPUT_FILE_LIMITS, isMissingFile, readInputFile, readInputText } from '../util/input-file.ts';
 import { TOOL_VERSION } from '../version.ts';

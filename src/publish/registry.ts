@@ -16,8 +16,8 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { InputError, UsageError } from '../errors.ts';
-import type { ImageReference } from '../image/reference.ts';
-import { MediaType, type Descriptor } from '../image/types.ts';
+import type { ImageReference } from '../oci/reference.ts';
+import { MediaType, type Descriptor } from '../oci/types.ts';
 import { nextFreshness, servedSerial } from '../manifest/freshness.ts';
 import { loadManifest, serializeManifest, withFreshness, type Freshness, type ManifestImage } from '../manifest/manifest.ts';
 import { serializeSignature, signBytes } from '../manifest/sign.ts';

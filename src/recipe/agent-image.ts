@@ -7,16 +7,15 @@
  */
 import { open } from 'node:fs/promises';
 import { Readable } from 'node:stream';
-import { openContentStore, type SourceOptions } from '../build/source.ts';
 import { InputError } from '../errors.ts';
-import { resolveImage } from '../image/resolve.ts';
-import type { Arch } from '../image/source.ts';
-import { flattenLayers } from '../layers/flatten.ts';
+import type { Arch } from '../oci/content.ts';
 import { unpackImageLayers } from '../layers/unpack.ts';
 import { BlobCache } from '../registry/cache.ts';
 import { bytePath, rangePieces, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import { sha256Digest } from '../util/digest.ts';
-import type { BuildTarget } from './recipe.ts';
+import { flattenImage, openImage } from '../pipeline/image.ts';
+import type { BuildTarget } from '../pipeline/target.ts';
+import type { SourceOptions } from '../sources/open.ts';
 
 async function readRange(range: FileRange): Promise<Buffer> {
   const handle = await open(range.file);
@@ -39,11 +38,10 @@ async function readRange(range: FileRange): Promise<Buffer> {
 }
 
 async function imageFile(reference: string, path: string, arch: Arch, options: SourceOptions): Promise<TreeEntry | undefined> {
-  const store = await openContentStore(reference, options);
-  const image = await resolveImage(store, arch);
+  const { store, image } = await openImage(reference, arch, options);
   const layers = await unpackImageLayers(image.layers, image.config.rootfs.diff_ids, (descriptor) => store.blobPath(descriptor), options.cache);
   const wanted = bytePath(path.replace(/^\/+/, ''));
-  return flattenLayers(layers).entries.find((entry) => entry.path === wanted);
+  return flattenImage(layers, image).entries.find((entry) => entry.path === wanted);
 }
 
 /** The agent binary `path` of image `reference` for `arch`, as a file in the blob cache. */

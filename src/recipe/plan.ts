@@ -6,11 +6,12 @@
  */
 import { access } from 'node:fs/promises';
 import { InputError, UsageError } from '../errors.ts';
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 import { sha256Digest } from '../util/digest.ts';
 import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import { TOOL_VERSION } from '../version.ts';
-import { loadRecipe, recipeFiles, recipeTargets, type BuildTarget, type Variant } from './recipe.ts';
+import { cellKey, type BuildTarget, type Variant } from '../pipeline/target.ts';
+import { loadRecipe, recipeFiles, recipeTargets } from './recipe.ts';
 
 export interface PlanCell {
   key: string;
@@ -22,10 +23,6 @@ export interface PlanCell {
   image: string;
   recipe: string;
   inputDigest: string;
-}
-
-export function cellKey(target: Pick<BuildTarget, 'language' | 'version' | 'arch' | 'variant'>): string {
-  return `${target.language}-${target.version}-${target.arch}${target.variant ? `-${target.variant}` : ''}`;
 }
 
 /** Every cell of the recipes, refusing two recipes that produce the same key. */
@@ -45,7 +42,7 @@ export async function loadTargets(paths: readonly string[]): Promise<BuildTarget
  * Slim variants whose trace was never taken are left out (with a warning), so
  * a recipe can gain a slim section before its images are traced; `build --only
  * KEY-slim` asks for one and fails without its trace. A trace of another image
- * fails the variant's build (build/build.ts).
+ * fails the variant's build (pipeline/build.ts).
  */
 export async function withoutUntracedSlims(targets: readonly BuildTarget[], warn: (message: string) => void): Promise<BuildTarget[]> {
   const kept: BuildTarget[] = [];

@@ -6,12 +6,12 @@
 import { readdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { parseDocument, type Document } from 'yaml';
-import type { Compression } from '../compress/index.ts';
+import type { BuildTarget, ExtraFile, SlimSettings } from '../pipeline/target.ts';
 import { InputError, UsageError } from '../errors.ts';
-import { ARCHES, type Arch } from '../image/source.ts';
+import { ARCHES, type Arch } from '../oci/content.ts';
 import { parseByteSize } from '../inspect/size.ts';
 import { INPUT_FILE_LIMITS, readInputText } from '../util/input-file.ts';
-import { fieldProblems, schemaProblems } from './json-schema.ts';
+import { fieldProblems, schemaProblems } from '../util/json-schema.ts';
 
 export interface RecipeVersion {
   version: string;
@@ -64,67 +64,11 @@ export interface RecipeSlim {
   trace?: string;
 }
 
-/** A slim variant's settings, resolved for one cell. */
-export interface SlimSettings {
-  /** Commands the tracer runs after the smoke command. */
-  workload: string[][];
-  /** Absolute directory copied to /.rampack-probe/workload while tracing and verifying. */
-  workloadFiles?: string;
-  keep: string[];
-  /** Absolute path of the cell's trace file. */
-  traceFile: string;
-}
-
-/** Absent for the full image. */
-export type Variant = 'slim';
-
 const DEFAULT_TRACE = 'traces/{language}-{version}-{arch}.trace';
-
-/** A file to add to the image tree, resolved for one arch. */
-export interface ExtraFile {
-  /** Absolute path on the build machine. */
-  source: string;
-  /** Absolute path in the image, as written in the recipe. */
-  destination: string;
-  mode: number;
-  uid: number;
-  gid: number;
-}
 
 export const DEFAULT_AGENT_PATH = '/agent';
 /** YAML alias expansions a recipe may use (the yaml package's own default is 100). */
 const MAX_ALIASES = 100;
-
-/** One image to build: a cell of language x version x arch. */
-export interface BuildTarget {
-  language: string;
-  version: string;
-  isDefault: boolean;
-  arch: Arch;
-  /** Full image reference: repository plus tag and/or digest. */
-  image: string;
-  /** Agent binary path; when set it wins over agentImage (--agent overrides the recipe). */
-  agent?: string;
-  /** Image holding the agent, pulled into the cache before the build (src/recipe/agent-image.ts). */
-  agentImage?: { reference: string; path: string };
-  compression: Compression;
-  level?: number;
-  env: string[];
-  /** Command proving the language works in the booted image. */
-  smoke?: string[];
-  /** RAM of the VM that boots the image, in bytes: the build warns when unpacking would not fit. */
-  memoryBudget?: number;
-  /** Files added to the tree. */
-  files?: ExtraFile[];
-  /** Globs of paths left out of the tree. */
-  drop?: string[];
-  /** The recipe's slim settings: on the full target (what `rampack slim` traces) and on its slim variant. */
-  slim?: SlimSettings;
-  /** "slim" for the variant built from the trace; absent for the full image. */
-  variant?: Variant;
-  /** Where the target came from, for messages. */
-  origin: string;
-}
 
 function agentSpecs(recipe: Recipe): Array<[field: string, spec: AgentSpec]> {
   const agent = recipe.agent;

@@ -13,7 +13,7 @@
  */
 import { Readable } from 'node:stream';
 import { InputError, RampackError, RegistryError, VerificationError } from '../errors.ts';
-import type { ImageReference } from '../image/reference.ts';
+import type { ImageReference } from '../oci/reference.ts';
 import type { Logger } from '../util/log.ts';
 import { Authorizer, parseChallenge } from './auth.ts';
 import { discardBody } from './body.ts';

@@ -8,7 +8,7 @@
 import { createReadStream } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { DownloadRestartedError } from '../errors.ts';
-import type { IncomingBlob } from '../image/source.ts';
+import type { IncomingBlob } from '../oci/content.ts';
 import type { PartialBlob } from './cache.ts';
 
 /**

@@ -11,9 +11,9 @@
  */
 import { open, stat } from 'node:fs/promises';
 import { RegistryError, VerificationError } from '../errors.ts';
-import type { ImageReference } from '../image/reference.ts';
-import type { ContentStore } from '../image/source.ts';
-import { MediaType, type Descriptor, type ImageIndex, type ImageManifest } from '../image/types.ts';
+import type { ImageReference } from '../oci/reference.ts';
+import type { ContentStore } from '../oci/content.ts';
+import { MediaType, type Descriptor, type ImageIndex, type ImageManifest } from '../oci/types.ts';
 import { digestHex, sha256Digest } from '../util/digest.ts';
 import { discardBody } from './body.ts';
 import { readBody, RegistryClient } from './client.ts';

@@ -1,9 +1,9 @@
 /** A registry repository as a ContentStore: verified documents, and layers downloaded into the blob cache. */
 import { InputError, VerificationError } from '../errors.ts';
-import { checkDocumentSize, DOCUMENT_SIZE_LIMITS } from '../image/limits.ts';
-import type { ImageReference } from '../image/reference.ts';
-import type { ContentStore, IncomingBlob } from '../image/source.ts';
-import { MANIFEST_MEDIA_TYPES, type Descriptor, type FetchedManifest } from '../image/types.ts';
+import { checkDocumentSize, DOCUMENT_SIZE_LIMITS } from '../oci/limits.ts';
+import type { ImageReference } from '../oci/reference.ts';
+import type { ContentStore, IncomingBlob } from '../oci/content.ts';
+import { MANIFEST_MEDIA_TYPES, type Descriptor, type FetchedManifest } from '../oci/types.ts';
 import { digestHex, isDigest, sha256Digest } from '../util/digest.ts';
 import { silentLogger, type Logger } from '../util/log.ts';
 import { TOOL_VERSION } from '../version.ts';

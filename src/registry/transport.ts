@@ -15,7 +15,7 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { InputError, RegistryError } from '../errors.ts';
-import { isLoopbackRegistry } from '../image/reference.ts';
+import { isLoopbackRegistry } from '../oci/reference.ts';
 import { INPUT_FILE_LIMITS, readInputTextSync } from '../util/input-file.ts';
 import { TransientError } from './retry.ts';
 

@@ -8,7 +8,7 @@
  */
 import { open } from 'node:fs/promises';
 import { readElfInfo } from '../agent/elf.ts';
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 import type { TreeEntry } from '../tree/entry.ts';
 
 const PT_LOAD = 1;

@@ -7,11 +7,11 @@
  * /dev, /tmp, /run, empty), the dynamic loader's configuration, and for every
  * kept program its ELF interpreter, shared libraries and script interpreter,
  * to a fixed point. Everything else is dropped. It runs after `drop` and
- * before `files` (src/recipe/tree-options.ts), so it composes with both.
+ * before `files` (src/pipeline/tree-options.ts), so it composes with both.
  */
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 import { parentPath, type TreeEntry } from '../tree/entry.ts';
-import { globToRegExp, treeDifference, type DropResult } from '../recipe/tree-options.ts';
+import { globToRegExp, treeDifference, type DropResult } from '../tree/transforms.ts';
 import { defaultLibraryDirs, ldConfDirectories, programNeeds, readEntryBytes } from './elf-deps.ts';
 
 /** Symlinks followed while resolving one path before it counts as a loop (the kernel's limit). */

@@ -15,7 +15,7 @@ import { join, relative } from 'node:path';
 import { appendHelperInit, compileHelperInit, type HelperFile } from '../boot/probe.ts';
 import { bootInitramfs } from '../boot/qemu.ts';
 import { InputError } from '../errors.ts';
-import type { Arch } from '../image/source.ts';
+import type { Arch } from '../oci/content.ts';
 import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import { unescapeTracePath } from './trace-file.ts';
 

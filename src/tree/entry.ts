@@ -152,7 +152,7 @@ export const SLASH_CODE = 0x2f;
  * names compare bytewise. That is bytewise order with "/" below every other
  * byte, so "a/b" < "a-c" (plain order puts "a-c" first). It is the order of
  * layer tars written by `tar --sort=name` and Go's directory walks, which lets
- * the build predict the archive from partly unpacked layers (build/speculate.ts).
+ * the build predict the archive from partly unpacked layers (pipeline/speculate.ts).
  */
 export function compareTreePaths(a: string, b: string): number {
   const length = Math.min(a.length, b.length);

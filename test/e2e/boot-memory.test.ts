@@ -17,7 +17,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BootCheck } from '../../src/boot/check.ts';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
-import type { Arch } from '../../src/image/source.ts';
+import type { Arch } from '../../src/oci/content.ts';
 import type { Manifest } from '../../src/manifest/manifest.ts';
 import { buildTestAgent, parseRunExits } from '../helpers/agent.ts';
 import { runRampack } from '../helpers/cli.ts';

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
 import { bootInitramfs, type BootResult } from '../../src/boot/qemu.ts';
-import type { Arch } from '../../src/image/source.ts';
+import type { Arch } from '../../src/oci/content.ts';
 import { KERNEL_CACHE } from '../helpers/debian.ts';
 import { buildTestAgent, parseImageBlock, parseRunExits, parseTree, parseTrees, type AgentTreeEntry } from '../helpers/agent.ts';
 import { ensureTools, TOOLS, type Tool } from '../helpers/system.ts';

@@ -19,7 +19,7 @@ import { ensureDebianKernel } from '../../src/boot/kernel.ts';
 import { bootInitramfs } from '../../src/boot/qemu.ts';
 import { readNewcArchive } from '../../src/cpio/reader.ts';
 import { newcArchive } from '../../src/cpio/writer.ts';
-import type { Descriptor, ImageConfig, ImageManifest } from '../../src/image/types.ts';
+import type { Descriptor, ImageConfig, ImageManifest } from '../../src/oci/types.ts';
 import { flattenLayers } from '../../src/layers/flatten.ts';
 import { unpackLayer, type UnpackedLayer } from '../../src/layers/unpack.ts';
 import { buildTestAgent, parseTree, type AgentTreeEntry } from '../helpers/agent.ts';

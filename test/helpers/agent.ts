@@ -8,7 +8,7 @@ import { access, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { Arch } from '../../src/image/source.ts';
+import type { Arch } from '../../src/oci/content.ts';
 import { writeAtomically } from '../../src/util/atomic.ts';
 import { ensureTools, TOOLS, type Tool } from './system.ts';
 

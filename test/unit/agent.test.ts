@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { checkAgentBinary, readElfInfo } from '../../src/agent/elf.ts';
 import { DEFAULT_PATH, injectAgent, mergeEnv, type InjectOptions } from '../../src/agent/inject.ts';
 import { InputError } from '../../src/errors.ts';
-import type { ResolvedImage } from '../../src/image/source.ts';
+import type { ResolvedImage } from '../../src/oci/content.ts';
 import type { TreeEntry } from '../../src/tree/entry.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
 

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { Cache } from '../../src/cache/cache.ts';
 import { InputError, VerificationError } from '../../src/errors.ts';
 import { flattenLayers, type FlattenResult } from '../../src/layers/flatten.ts';
-import type { LayerEntry } from '../../src/layers/tar-index.ts';
+import type { LayerEntry } from '../../src/tar/tar-index.ts';
 import { unpackLayer, type UnpackedLayer, type UnpackLayerOptions } from '../../src/layers/unpack.ts';
 import { compareTreePaths, parentPath, type FileRange, type TreeEntry } from '../../src/tree/entry.ts';
 import { sha256Digest } from '../../src/util/digest.ts';

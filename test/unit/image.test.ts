@@ -2,10 +2,10 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { InputError, VerificationError } from '../../src/errors.ts';
-import { OciLayoutStore, parseOciLayoutReference } from '../../src/image/oci-layout.ts';
-import { selectPlatform } from '../../src/image/platform.ts';
-import { resolveImage } from '../../src/image/resolve.ts';
-import type { Descriptor } from '../../src/image/types.ts';
+import { OciLayoutStore, parseOciLayoutReference } from '../../src/sources/oci-layout.ts';
+import { selectPlatform } from '../../src/oci/platform.ts';
+import { resolveImage } from '../../src/oci/resolve.ts';
+import type { Descriptor } from '../../src/oci/types.ts';
 import { writeBlob, writeOciLayout, type ImageSpec } from '../helpers/oci-builder.ts';
 import { testDirectory } from '../helpers/temp.ts';
 

@@ -2,7 +2,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError, UsageError } from '../../src/errors.ts';
-import { cellKey, inputDigest, loadTargets, planCells, selectCell, withoutUntracedSlims } from '../../src/recipe/plan.ts';
+import { cellKey } from '../../src/pipeline/target.ts';
+import { inputDigest, loadTargets, planCells, selectCell, withoutUntracedSlims } from '../../src/recipe/plan.ts';
 import { testDirectory } from '../helpers/temp.ts';
 
 const dir = testDirectory('plan');

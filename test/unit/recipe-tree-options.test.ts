@@ -2,7 +2,8 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.ts';
-import { addFiles, dropPaths, globToRegExp } from '../../src/recipe/tree-options.ts';
+import { addFiles } from '../../src/pipeline/tree-options.ts';
+import { dropPaths, globToRegExp } from '../../src/tree/transforms.ts';
 import { compareTreePaths, type TreeEntry } from '../../src/tree/entry.ts';
 import { testDirectory } from '../helpers/temp.ts';
 

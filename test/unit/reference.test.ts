@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.ts';
-import { isLoopbackRegistry, parseImageReference } from '../../src/image/reference.ts';
+import { isLoopbackRegistry, parseImageReference } from '../../src/oci/reference.ts';
 
 const DIGEST = `sha256:${'ab'.repeat(32)}`;
 

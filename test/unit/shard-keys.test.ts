@@ -1,5 +1,5 @@
 /**
- * Shard keys are derived from what the writer emits (src/build/archive.ts
+ * Shard keys are derived from what the writer emits (src/pipeline/shards.ts
  * shardKeys, planNewcArchive's identify), and the writer's code identity from
  * its sources (src/util/source-identity.ts). The property checked here: for
  * random trees and a random change to any field of any entry, whenever the
@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { shardEntries, shardKeys, type ArchiveSettings } from '../../src/build/archive.ts';
+import { shardEntries, shardKeys, type ArchiveSettings } from '../../src/pipeline/shards.ts';
 import { planNewcArchive } from '../../src/cpio/writer.ts';
 import type { EntryType, FileRange, TreeEntry } from '../../src/tree/entry.ts';
 import { sourceIdentity } from '../../src/util/source-identity.ts';

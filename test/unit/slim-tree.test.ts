@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { Arch } from '../../src/image/source.ts';
+import type { Arch } from '../../src/oci/content.ts';
 import { slimTree } from '../../src/slim/slim-tree.ts';
 import { formatTrace, parseTrace } from '../../src/slim/trace-file.ts';
 import { encodeCommands, parseTracerOutput } from '../../src/slim/tracer.ts';

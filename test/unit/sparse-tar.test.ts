@@ -17,7 +17,7 @@ import { readNewcArchive } from '../../src/cpio/reader.ts';
 import { InputError } from '../../src/errors.ts';
 import { newcArchive, planNewcArchive } from '../../src/cpio/writer.ts';
 import { flattenLayers } from '../../src/layers/flatten.ts';
-import { MAX_SPARSE_RUNS, TarIndexer, type LayerEntry } from '../../src/layers/tar-index.ts';
+import { MAX_SPARSE_RUNS, TarIndexer, type LayerEntry } from '../../src/tar/tar-index.ts';
 import { unpackLayer, type UnpackedLayer } from '../../src/layers/unpack.ts';
 import { rangePieces } from '../../src/tree/entry.ts';
 import { sha256Digest } from '../../src/util/digest.ts';

@@ -1,5 +1,5 @@
 /**
- * Shards written ahead while layers unpack (src/build/speculate.ts): real
+ * Shards written ahead while layers unpack (src/pipeline/speculate.ts): real
  * layers unpacked into a real cache, real worker threads. Whatever the
  * prediction, the image part must be byte for byte what it is without one.
  */
@@ -8,9 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { imageArchive, type ArchiveSettings, type ImageArchive, type ShardJob, type ShardResult } from '../../src/build/archive.ts';
-import { ShardWorkers } from '../../src/build/shard-workers.ts';
-import { ShardSpeculator } from '../../src/build/speculate.ts';
+import { imageArchive, type ImageArchive } from '../../src/pipeline/image-part.ts';
+import type { ArchiveSettings, ShardJob, ShardResult } from '../../src/pipeline/shards.ts';
+import { ShardWorkers } from '../../src/pipeline/shard-workers.ts';
+import { ShardSpeculator } from '../../src/pipeline/speculate.ts';
 import { Cache } from '../../src/cache/cache.ts';
 import { flattenLayers } from '../../src/layers/flatten.ts';
 import { unpackLayer, type UnpackedLayer } from '../../src/layers/unpack.ts';

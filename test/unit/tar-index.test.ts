@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../../src/errors.ts';
-import { type LayerEntry, TarIndexer, normalizeLayerPath } from '../../src/layers/tar-index.ts';
+import { type LayerEntry, TarIndexer, normalizeLayerPath } from '../../src/tar/tar-index.ts';
 import { padBlock, paxBody, TAR_END, tarBytes, tarHeader } from '../helpers/oci-builder.ts';
 import { TOOLS, ensureTools } from '../helpers/system.ts';
 

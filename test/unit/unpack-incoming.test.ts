@@ -11,7 +11,7 @@ import { gzipSync, zstdCompressSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Cache } from '../../src/cache/cache.ts';
 import { DownloadRestartedError, InputError, VerificationError } from '../../src/errors.ts';
-import type { IncomingBlob } from '../../src/image/source.ts';
+import type { IncomingBlob } from '../../src/oci/content.ts';
 import { unpackLayer, type UnpackLayerOptions } from '../../src/layers/unpack.ts';
 import { sha256Digest } from '../../src/util/digest.ts';
 import { tarBytes, type TarEntrySpec } from '../helpers/oci-builder.ts';

@@ -1,5 +1,5 @@
 import { InputError } from '../errors.ts';
-import { OCI_ARCH, type Arch } from './source.ts';
+import { OCI_ARCH, type Arch } from './content.ts';
 import type { Descriptor, Platform } from './types.ts';
 
 const ATTESTATION_REFERENCE_TYPE = 'vnd.docker.reference.type';

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { Cache } from '../cache/cache.ts';
 import { siblingModuleUrl } from '../util/source-identity.ts';
-import type { ShardJob, ShardResult } from './archive.ts';
+import type { ShardJob, ShardResult } from './shards.ts';
 
 interface QueuedJob {
   job: ShardJob;

@@ -7,10 +7,10 @@ import { join, resolve } from 'node:path';
 import { InputError, VerificationError } from '../errors.ts';
 import { digestHex, isDigest, sha256Digest } from '../util/digest.ts';
 import { isMissingFile, readInputFile, readInputText } from '../util/input-file.ts';
-import { checkDocumentSize, DOCUMENT_SIZE_LIMITS, type DocumentKind } from './limits.ts';
-import type { ContentStore } from './source.ts';
-import { checkDescriptors, parseJsonObject } from './validate.ts';
-import type { Descriptor, FetchedManifest, ImageIndex } from './types.ts';
+import { checkDocumentSize, DOCUMENT_SIZE_LIMITS, type DocumentKind } from '../oci/limits.ts';
+import type { ContentStore } from '../oci/content.ts';
+import { checkDescriptors, parseJsonObject } from '../oci/validate.ts';
+import type { Descriptor, FetchedManifest, ImageIndex } from '../oci/types.ts';
 
 export const OCI_LAYOUT_PREFIX = 'oci:';
 const REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name';

@@ -13,24 +13,24 @@ import { treeFootprint } from '../boot/memory.ts';
 import { bootRequirements } from '../boot/requirements.ts';
 import { describeCompressor, describeGunzip, fileExtension } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
-import { resolveImage } from '../image/resolve.ts';
-import type { ContentStore, ResolvedImage } from '../image/source.ts';
-import type { Descriptor } from '../image/types.ts';
-import { flattenLayers, type FlattenResult } from '../layers/flatten.ts';
+import type { ContentStore, ResolvedImage } from '../oci/content.ts';
+import type { Descriptor } from '../oci/types.ts';
+import type { FlattenResult } from '../layers/flatten.ts';
 import { unpackImageLayers, type LayerProgress, type UnpackedLayer } from '../layers/unpack.ts';
 import type { ManifestImage } from '../manifest/manifest.ts';
-import type { BuildTarget } from '../recipe/recipe.ts';
-import { cellKey } from '../recipe/plan.ts';
-import { applyTreeOptions, extraFileReader } from '../recipe/tree-options.ts';
+import { cellKey, type BuildTarget } from './target.ts';
+import { applyTreeOptions, extraFileReader } from './tree-options.ts';
 import { readTraceFile, type SlimTrace } from '../slim/trace-file.ts';
 import { bytePath, dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
 import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
 import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import { formatBytes, silentLogger, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
-import { imageArchive, writeInitramfs, type ImageArchive, type WrittenInitramfs } from './archive.ts';
+import { imageArchive, type ImageArchive } from './image-part.ts';
+import { writeInitramfs, type WrittenInitramfs } from './output.ts';
 import { ShardWorkers } from './shard-workers.ts';
 import { ShardSpeculator } from './speculate.ts';
-import { openContentStore, type SourceOptions } from './source.ts';
+import type { SourceOptions } from '../sources/open.ts';
+import { flattenImage, openImage } from './image.ts';
 
 export interface BuildOptions extends SourceOptions {
   outDir: string;
@@ -136,16 +136,6 @@ interface ComposedTree {
 
 type ComposeTree = (layers: UnpackedLayer[], log: Logger) => Promise<ComposedTree>;
 
-/** The image's layers flattened; a refused layer is named with its image, as a digest alone says little. */
-function flattenImage(layers: UnpackedLayer[], image: ResolvedImage): FlattenResult {
-  try {
-    return flattenLayers(layers);
-  } catch (error) {
-    if (!(error instanceof InputError)) throw error;
-    throw new InputError(`image ${image.reference}: ${error.message}`, { hint: error.hint, cause: error });
-  }
-}
-
 function treeComposer(target: BuildTarget, image: ResolvedImage, agent: Buffer, agentSha256: string, mtime: number, label: string, trace?: SlimTrace): ComposeTree {
   const read = extraFileReader(target.origin);
   // The working directory is entered, never opened: the tracer cannot see it.
@@ -212,14 +202,13 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   const reporter = options.reporter ?? silentReporter;
   const pull: PullCount = { total: 0, downloaded: 0 };
   reporter.start('resolve');
-  const store = await openContentStore(target.image, {
+  const { store, image } = await openImage(target.image, target.arch, {
     ...options,
     onBlobBytes: (_digest, bytes) => {
       pull.downloaded += bytes;
       reporter.progress('pull', { done: pull.downloaded, total: pull.total, unit: 'bytes' });
     },
   });
-  const image = await resolveImage(store, target.arch);
   pull.total = image.layers.reduce((sum, layer) => sum + layer.size, 0);
   reporter.end('resolve', `${image.manifestDigest} (${image.layers.length} layers)`);
   options.log.info(`${label}: ${image.reference} -> ${image.manifestDigest} (${image.layers.length} layers)`);

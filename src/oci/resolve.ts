@@ -2,7 +2,7 @@ import { InputError, VerificationError } from '../errors.ts';
 import { sha256Digest } from '../util/digest.ts';
 import { checkConfigArch, selectPlatform } from './platform.ts';
 import { checkDescriptor, checkDescriptors, isRecord, parseJsonObject } from './validate.ts';
-import type { Arch, ContentStore, ResolvedImage } from './source.ts';
+import type { Arch, ContentStore, ResolvedImage } from './content.ts';
 import { MediaType, type Descriptor, type FetchedManifest, type ImageConfig, type ImageIndex, type ImageManifest } from './types.ts';
 
 const INDEX_TYPES = new Set<string>([MediaType.ociIndex, MediaType.dockerManifestList]);

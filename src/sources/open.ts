@@ -3,10 +3,10 @@
  * archive (oci-archive:FILE, docker-archive:FILE), or a registry, through its
  * mirrors when it has any.
  */
-import { isArchiveReference, openArchiveStore, parseArchiveReference } from '../image/archive.ts';
-import { OCI_LAYOUT_PREFIX, OciLayoutStore, parseOciLayoutReference } from '../image/oci-layout.ts';
-import { parseImageReference } from '../image/reference.ts';
-import type { ContentStore } from '../image/source.ts';
+import { isArchiveReference, openArchiveStore, parseArchiveReference } from './archive.ts';
+import { OCI_LAYOUT_PREFIX, OciLayoutStore, parseOciLayoutReference } from './oci-layout.ts';
+import { parseImageReference } from '../oci/reference.ts';
+import type { ContentStore } from '../oci/content.ts';
 import { openMirroredStore, type RegistryMirrors } from '../registry/mirrors.ts';
 import { openRegistryStore, type RegistryOptions } from '../registry/store.ts';
 

@@ -13,9 +13,10 @@
  * symlinked parent) costs the CPU it took, never correctness.
  */
 import { compareTreePaths, parentPath, SLASH_CODE, storedSize, type FileRange, type TreeEntry } from '../tree/entry.ts';
-import type { LayerEntry } from '../layers/tar-index.ts';
+import type { LayerEntry } from '../tar/tar-index.ts';
 import type { LayerProgress, UnpackedLayer } from '../layers/unpack.ts';
-import { SHARD_BYTES, shardEntries, shardJobs, shardKeys, type ArchiveSettings, type EarlyShards, type ShardJob, type ShardResult } from './archive.ts';
+import type { EarlyShards } from './image-part.ts';
+import { SHARD_BYTES, shardEntries, shardJobs, shardKeys, type ArchiveSettings, type ShardJob, type ShardResult } from './shards.ts';
 import type { ShardWorkers } from './shard-workers.ts';
 
 /** The image's part of the tree for these layers (as the build computes it). */

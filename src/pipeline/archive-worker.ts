@@ -12,7 +12,7 @@ import { type NewcPlan, planNewcArchive } from '../cpio/writer.ts';
 import { RampackError } from '../errors.ts';
 import type { TreeEntry } from '../tree/entry.ts';
 import { releaseNow, ReusedBuffer } from '../util/reused-buffer.ts';
-import { SHARD_BYTES, type ShardJob, type ShardResult } from './archive.ts';
+import { SHARD_BYTES, type ShardJob, type ShardResult } from './shards.ts';
 
 /** Structured cloning turns Buffers into plain Uint8Arrays; the writer wants Buffers. */
 function revive(entry: TreeEntry): TreeEntry {
