@@ -24,6 +24,7 @@ import { REPO_ROOT } from '../helpers/cli.ts';
 import { languageImageSpec } from '../helpers/images.ts';
 import { writeOciLayout } from '../helpers/oci-builder.ts';
 import { testDirectory } from '../helpers/temp.ts';
+import { seededRandom } from '../helpers/random.ts';
 
 /** RAMPACK_FUZZ_SEED explores other cases; a failure names its seed. */
 const SEED = Number(process.env.RAMPACK_FUZZ_SEED ?? 13);
@@ -31,17 +32,6 @@ const CASES = Number(process.env.RAMPACK_FUZZ_CASES ?? 320);
 /** A log line: timestamp, level and the message. */
 const STDERR_LINE_LIMIT = TERMINAL_LINE_LIMIT + 100;
 
-/** mulberry32: a small PRNG, so a failing case comes back with the same seed. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const top = process.env.RAMPACK_FUZZ_DIR ?? testDirectory('cli-fuzz');
 /** Four levels below `top`, so that relative values with up to four `..` stay inside it. */
@@ -253,7 +243,7 @@ beforeAll(async () => {
 
 describe('the command line under hostile input', () => {
   it(`${CASES} cases from seed ${SEED}: exit 0, 2 or 3, nothing written outside the named directories, one readable line per error`, () => {
-    const rng = random(SEED);
+    const rng = seededRandom(SEED);
     const env = { HOME: join(top, 'home'), DOCKER_CONFIG: join(top, 'home', '.docker'), CI: 'true', RAMPACK_RETRY_BASE_MS: '1' };
     const cases: BatchCase[] = Array.from({ length: CASES }, (_, index) => {
       const kind = rng();

@@ -15,6 +15,7 @@ import { shardEntries, shardKeys, type ArchiveSettings } from '../../src/pipelin
 import { planNewcArchive } from '../../src/cpio/writer.ts';
 import type { EntryType, FileRange, TreeEntry } from '../../src/tree/entry.ts';
 import { sourceIdentity } from '../../src/util/source-identity.ts';
+import { seededRandom } from '../helpers/random.ts';
 
 let work: string;
 /** A content-addressed "layer tar" that ranges point into: the writer really reads it. */
@@ -32,17 +33,6 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-/** A small deterministic PRNG (mulberry32): a failure names its seed and replays. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 type Random = () => number;
 const pick = <T>(next: Random, values: readonly T[]): T => values[Math.floor(next() * values.length)]!;
@@ -121,7 +111,7 @@ describe('shard keys derived from what the writer emits', () => {
   it('change whenever a change to any entry field changes the archive (random trees)', () => {
     let changedArchives = 0;
     for (let seed = 1; seed <= 400; seed++) {
-      const next = random(seed);
+      const next = seededRandom(seed);
       const settings = SETTINGS[seed % SETTINGS.length]!;
       const tree = randomTree(next);
       const index = int(next, tree.length);
