@@ -72,6 +72,11 @@ export class OciLayoutStore implements ContentStore {
         hint: 'the layout is corrupt: export the image again',
       });
     }
+    if (bytes.length !== descriptor.size) {
+      throw new VerificationError(`blob ${descriptor.digest} in ${this.layout.dir} is ${bytes.length} bytes, its descriptor says ${descriptor.size}`, {
+        hint: 'the layout is corrupt: export the image again',
+      });
+    }
     return bytes;
   }
 
