@@ -33,6 +33,11 @@ const work = testDirectory('slim');
 const cache = join(work, 'cache');
 let kernel: string;
 let recipe: string;
+/**
+ * rampack runs that boot VMs: bounded, so that a VM that never powers off fails the test, but far above what
+ * they take (tens of seconds alone), so that a loaded machine does not; test timeouts leave room for each such run.
+ */
+const BOOTING_RUN = { deadlineMs: 600_000 };
 
 function recipeText(agent: string, layout: string, workload: string, extra = ''): string {
   return `language: python
@@ -74,7 +79,7 @@ describe('rampack slim on a Python image from Debian packages', () => {
   const traced = join(work, 'traced');
 
   it('traces the workload, writes the trace, and proves the slim image by booting it', async () => {
-    const result = await runRampack(['slim', recipe, '--out', traced, '--cache', cache, '--kernel', kernel]);
+    const result = await runRampack(['slim', recipe, '--out', traced, '--cache', cache, '--kernel', kernel], BOOTING_RUN);
     expect(result.stderr).toContain('every command passed in the slim image');
     expect(result.code).toBe(0);
     const manifest = await manifestOf(traced);
@@ -111,7 +116,7 @@ describe('rampack slim on a Python image from Debian packages', () => {
     expect(result.stderr).toContain(`python 3.11 x86_64 slim: ${formatBytes(slim.uncompressedSize)} unpacked, boots in ${slim.boot.minMemoryMiB} MiB`);
     // verify --boot boots every entry as published: the smoke command in the full one at its boot.minMemoryMiB, the
     // smoke command and every slim.workload command (with slim.files) in the slim one, with the workload's memory.
-    const verified = await runRampack(['verify', '--boot', join(rebuilt, 'manifest.json'), '--recipe', recipe, '--kernel', kernel, '--cache', cache, '--json']);
+    const verified = await runRampack(['verify', '--boot', join(rebuilt, 'manifest.json'), '--recipe', recipe, '--kernel', kernel, '--cache', cache, '--json'], BOOTING_RUN);
     expect(verified.code, verified.stderr).toBe(0);
     const checks = JSON.parse(verified.stdout) as BootCheck[];
     const full = manifest.images.find((image) => !image.variant)!;
@@ -123,7 +128,7 @@ describe('rampack slim on a Python image from Debian packages', () => {
     const plan = await runRampack(['plan', recipe, '--json']);
     expect(plan.code).toBe(0);
     expect(JSON.parse(plan.stdout).include.map((cell: { key: string }) => cell.key)).toEqual(['python-3.11-x86_64', 'python-3.11-x86_64-slim']);
-  }, 600_000);
+  }, 1_200_000);
 
   it('refuses a trace taken from another image, and leaves out a slim cell that was never traced', async () => {
     const traceText = await readFile(join(work, 'recipe', 'traces', 'python-3.11-x86_64.trace'), 'utf8');
@@ -168,7 +173,7 @@ describe('rampack slim on a Python image from Debian packages', () => {
     // `test -e` only stats: the tracer cannot see it, the slim image drops cpp, and the check fails there.
     const text = recipeText(await buildTestAgent('x86_64'), layout, 'sh, -c, "test -e /usr/bin/cpp-12 || exit 3"', '  trace: traces/stat-only.trace\n');
     await writeFile(statOnly, text);
-    const result = await runRampack(['slim', statOnly, '--out', join(work, 'stat-only'), '--cache', cache, '--kernel', kernel]);
+    const result = await runRampack(['slim', statOnly, '--out', join(work, 'stat-only'), '--cache', cache, '--kernel', kernel], BOOTING_RUN);
     expect(result.code).toBe(5);
     expect(result.stderr).toContain('`sh -c test -e /usr/bin/cpp-12 || exit 3` exit 3');
     expect(result.stderr).toContain('missing from the slim image: /usr/bin/cpp-12');
@@ -177,7 +182,7 @@ describe('rampack slim on a Python image from Debian packages', () => {
     // fails on it, naming the command and (from the full entry beside it) the path the slim image lacks.
     const out = join(work, 'stat-only-built');
     expect((await runRampack(['build', statOnly, '--out', out, '--cache', cache])).code).toBe(0);
-    const verified = await runRampack(['verify', '--boot', out, '--recipe', statOnly, '--kernel', kernel, '--cache', cache]);
+    const verified = await runRampack(['verify', '--boot', out, '--recipe', statOnly, '--kernel', kernel, '--cache', cache], BOOTING_RUN);
     expect(verified.code).toBe(5);
     expect(verified.stdout).toMatch(
       /^FAIL python 3\.11 x86_64 slim \(.*\) at \d+ MiB: .*workload-command: the workload command `sh -c test -e \/usr\/bin\/cpp-12 \|\| exit 3` exited 3; missing from the slim image: \/usr\/bin\/cpp-12; /m,
