@@ -3,13 +3,18 @@
  * temporary copy of a published initramfs, instead of the image's own agent.
  * It checks that the agent the runtime will start (/init) is there and can
  * run on this machine, runs the recipe's smoke command the way the agent
- * would (the image's env, working directory and user), proves that the
- * memory left after boot holds a small workload, reports each step on the
- * console with "RAMPACK-PROBE" lines the host parses, and powers off.
+ * would (the image's env, working directory and user; loopback up), then any
+ * further commands (a slim variant's workload) one after the other until one
+ * fails, proves that the memory left after boot holds a small workload,
+ * reports each step on the console with "RAMPACK-PROBE" lines the host
+ * parses, and powers off.
  *
  * The host puts its plan next to this binary, in /.rampack-probe/ (files of
  * NUL-terminated strings, so any byte but NUL passes through):
- *   argv      the smoke command
+ *   commands  the smoke command, then the others: for each, its argument
+ *             count in decimal, then that many arguments (the slim tracer's
+ *             format, src/boot/probe.ts encodeCommands)
+ *   workload/ files the commands use, if any
  *   env       the image's environment (from /etc/rampack/image.json)
  *   cwd       the image's working directory
  *   user      the image's user: "", "uid", "uid:gid", "name" or "name:group"
@@ -22,13 +27,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <net/if.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -263,17 +272,25 @@ static int wait_for(pid_t child) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static void run_smoke(void) {
-    char **argv = plan_list("argv");
-    char **env = plan_list("env");
-    char *cwd = read_plan("cwd", NULL);
-    char *user = read_plan("user", NULL);
-    if (!argv[0]) fail("the plan has no smoke command");
-    printf("RAMPACK-PROBE run-begin\n");
+/* Loopback up, as an agent would have it: workloads serve and fetch on 127.0.0.1. Not fatal: a command may not need it. */
+static void loopback_up(void) {
+    struct ifreq request = {0};
+    strcpy(request.ifr_name, "lo");
+    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int up = sock >= 0 && ioctl(sock, SIOCGIFFLAGS, &request) == 0;
+    request.ifr_flags |= IFF_UP | IFF_RUNNING;
+    if (!up || ioctl(sock, SIOCSIFFLAGS, &request) != 0) printf("RAMPACK-PROBE loopback down: %s\n", strerror(errno));
+    if (sock >= 0) close(sock);
+}
+
+/* Runs command `n` (argv, not yet NULL-terminated after `argc`) as the image's user; returns its status. */
+static int run_command(int n, char **argv, long argc, char **env, const char *cwd, char *user) {
+    printf("RAMPACK-PROBE run-begin %d\n", n);
     fflush(stdout);
     pid_t child = fork();
     if (child < 0) fail("fork: %s", strerror(errno));
     if (child == 0) {
+        argv[argc] = NULL; /* the child's copy of the plan: the next command's count ends this one */
         if (*cwd && chdir(cwd) != 0) {
             printf("RAMPACK-PROBE fail: chdir %s: %s\n", cwd, strerror(errno));
             _exit(126);
@@ -281,7 +298,32 @@ static void run_smoke(void) {
         become_user(user);
         exec_with_path(argv, env);
     }
-    printf("RAMPACK-PROBE run exit=%d\n", wait_for(child));
+    int status = wait_for(child);
+    /* On a line of its own even after output without a final newline. */
+    printf("\nRAMPACK-PROBE run %d exit=%d\n", n, status);
+    /* Servers a command left behind must not run into the next command or the memory check. */
+    kill(-1, SIGKILL);
+    while (waitpid(-1, NULL, 0) > 0) {}
+    return status;
+}
+
+/* The smoke command, then the other commands, until one fails. */
+static void run_commands(void) {
+    char **plan = plan_list("commands");
+    char **env = plan_list("env");
+    char *cwd = read_plan("cwd", NULL);
+    char *user = read_plan("user", NULL);
+    if (!plan[0]) fail("the plan has no smoke command");
+    /* The commands' files are read as the image's user, who may not be root. */
+    chmod(PLAN_DIR, 0755);
+    for (int n = 0; *plan; n++) {
+        long argc = strtol(plan[0], NULL, 10);
+        char **argv = plan + 1;
+        if (argc < 1) fail("the plan's command %d has no arguments", n);
+        for (long i = 0; i < argc; i++) if (!argv[i]) fail("the plan's command %d is cut short", n);
+        plan = argv + argc;
+        if (run_command(n, argv, argc, env, cwd, user) != 0) return;
+    }
 }
 
 /* A child fills the headroom with touched pages; the OOM killer's SIGKILL shows as exit 137. */
@@ -311,7 +353,8 @@ int main(void) {
     mount_pseudo("devtmpfs", "/dev");
     report_start();
     check_agent();
-    run_smoke();
+    loopback_up();
+    run_commands();
     run_workload();
     printf("RAMPACK-PROBE done\n");
     power_off();

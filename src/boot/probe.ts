@@ -114,16 +114,23 @@ export async function appendHelperInit(initrd: string, output: string, helper: s
   return `/${HELPER_DIR}/init`;
 }
 
-/** What the probe does in the guest (see probe/probe.c). */
+/** What the probe does in the guest (see native/guest/probe.c). */
 export interface ProbePlan {
   arch: Arch;
-  /** The smoke command, run with the image's env, working directory and user. */
-  command: readonly string[];
+  /** The smoke command, then any others (a slim variant's workload), run with the image's env, working directory and user until one fails. */
+  commands: readonly (readonly string[])[];
+  /** Files the commands use, below /.rampack-probe/ (e.g. "workload/service.py"). */
+  files: readonly HelperFile[];
   env: readonly string[];
   workingDir: string;
   user: string;
   /** MiB a child process must be able to fill once the image is up. */
   headroomMiB: number;
+}
+
+/** Commands as the helper inits read them: per command, its argument count, then the arguments, each NUL-terminated. */
+export function encodeCommands(commands: readonly (readonly string[])[]): Buffer {
+  return nulList(commands.flatMap((command) => [String(command.length), ...command]));
 }
 
 /** NUL-terminated strings, the form the probe reads. */
@@ -142,7 +149,7 @@ export interface ProbedInitramfs {
 /** Copies `initrd` into a temporary directory with the probe and its plan appended. */
 export async function probedInitramfs(initrd: string, plan: ProbePlan, cacheDir: string): Promise<ProbedInitramfs> {
   const probe = await compileHelperInit(PROBE_SOURCE, plan.arch, cacheDir);
-  for (const text of [...plan.command, ...plan.env, plan.workingDir, plan.user]) {
+  for (const text of [...plan.commands.flat(), ...plan.env, plan.workingDir, plan.user]) {
     if (text.includes('\0')) throw new InputError(`the probe plan cannot carry a NUL byte: ${JSON.stringify(text)}`);
   }
   const directory = await mkdtemp(join(tmpdir(), 'rampack-probe-'));
@@ -150,11 +157,12 @@ export async function probedInitramfs(initrd: string, plan: ProbePlan, cacheDir:
   try {
     const file = join(directory, 'initramfs');
     const init = await appendHelperInit(initrd, file, probe, [
-      { name: 'argv', data: nulList(plan.command) },
+      { name: 'commands', data: encodeCommands(plan.commands) },
       { name: 'env', data: nulList(plan.env) },
       { name: 'cwd', data: nulList([plan.workingDir]) },
       { name: 'user', data: nulList([plan.user]) },
       { name: 'headroom', data: nulList([String(plan.headroomMiB)]) },
+      ...plan.files,
     ]);
     return { file, rdinit: `rdinit=${init}`, remove };
   } catch (error) {

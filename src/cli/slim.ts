@@ -16,16 +16,14 @@ import { withCacheLease } from '../cache/lease.ts';
 import { buildTarget, targetLabel, type BuildOptions } from '../pipeline/build.ts';
 import { UsageError, VerificationError } from '../errors.ts';
 import { ARCHES, type Arch } from '../oci/content.ts';
-import { IMAGE_JSON_PATH, AGENT_PATH, readInitramfs } from '../inspect/initramfs.ts';
 import { MANIFEST_FILE, mergeImages, readManifest, writeManifest, type ManifestImage } from '../manifest/manifest.ts';
 import { withPulledAgent } from '../recipe/agent-image.ts';
 import { loadRecipe, recipeFiles, recipeTargets } from '../recipe/recipe.ts';
 import type { BuildTarget } from '../pipeline/target.ts';
-import { bytePath } from '../tree/entry.ts';
 import { prepareOutputDirectory } from '../util/atomic.ts';
 import { formatBytes, lineLogger, type Logger } from '../util/log.ts';
 import { writeTraceFile } from '../slim/trace-file.ts';
-import { runTracer, workloadDigest, type TracerMode, type TracerRun } from '../slim/tracer.ts';
+import { imagePaths, missingFromSlim, runTracer, workloadDigest, workloadMemoryMiB, WORKLOAD_HEADROOM_MIB, WORKLOAD_TIMEOUT_SECONDS, type TracerMode, type TracerRun } from '../slim/tracer.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
 interface SlimFlags extends RegistryFlags {
@@ -41,26 +39,11 @@ interface SlimFlags extends RegistryFlags {
   verbose?: boolean;
 }
 
-/** Guest memory the workload may use on top of what the image needs to boot (a Go build takes a few hundred MiB). */
-const WORKLOAD_HEADROOM_MIB = 768;
-
-/** Memory for booting an image and running a workload in it: its published minimum plus the workload's headroom. */
-export function workloadMemoryMiB(image: Pick<ManifestImage, 'boot'>): number {
-  return image.boot.minMemoryMiB + WORKLOAD_HEADROOM_MIB;
-}
-
 function positiveNumber(flag: string): (text: string) => number {
   return (text) => {
     if (!/^[1-9]\d*$/.test(text)) throw new UsageError(`${flag} must be a positive whole number, not "${text}"`);
     return Number(text);
   };
-}
-
-/** The tree paths of an initramfs that came from the image (not rampack's /init and /etc/rampack). */
-async function imagePaths(file: string): Promise<Set<string>> {
-  const contents = await readInitramfs(file);
-  const added = (path: string) => path === AGENT_PATH || path.startsWith(`${IMAGE_JSON_PATH.slice(0, IMAGE_JSON_PATH.lastIndexOf('/'))}/`);
-  return new Set(contents.entries.filter((entry) => entry.path !== '/' && !added(entry.path)).map((entry) => bytePath(entry.path.slice(1))));
 }
 
 interface Context {
@@ -124,7 +107,7 @@ async function traceAndProve(target: BuildTarget, context: Context): Promise<Man
   const proof = await boot(target, slim, 'missing', context);
   const failedSlim = failures(target, proof);
   if (failedSlim.length > 0) {
-    const missing = proof.paths.filter((path) => inImage.has(path.slice(1)));
+    const missing = missingFromSlim(proof, inImage);
     log.warn(`${label} slim: console:\n${proof.output.slice(-4000)}`);
     throw new VerificationError(`${label} slim: ${failedSlim.join('; ')}${missing.length > 0 ? `; missing from the slim image: ${missing.join(', ')}` : ''}`, {
       hint: 'add what it needs to slim.keep in the recipe (globs), then run rampack slim again',
@@ -175,8 +158,8 @@ export function slimCommand(): Command {
     .option('--out <dir>', 'output directory for the initramfs files and manifest.json', 'out')
     .option('--cache <dir>', 'blob, layer, kernel and tracer cache (default: ~/.cache/rampack)')
     .option('--kernel <path>', 'kernel image to boot (default: Debian\'s, fetched into the cache)')
-    .option('--memory <MiB>', 'VM memory (default: the entry\'s boot.minMemoryMiB + 768 MiB for the workload)', positiveNumber('--memory'))
-    .option('--timeout <seconds>', 'give up on a VM after this long', positiveNumber('--timeout'), 1800);
+    .option('--memory <MiB>', `VM memory (default: the entry's boot.minMemoryMiB + ${WORKLOAD_HEADROOM_MIB} MiB for the workload)`, positiveNumber('--memory'))
+    .option('--timeout <seconds>', 'give up on a VM after this long', positiveNumber('--timeout'), WORKLOAD_TIMEOUT_SECONDS);
   return addRegistryFlags(command)
     .option('-q, --quiet', 'print warnings and errors only')
     .option('-v, --verbose', 'also print the VM console')

@@ -2,19 +2,22 @@
  * `rampack verify --boot`: boots built initramfs images in QEMU with a stock
  * kernel, the way CI checks images before publishing: the exact published
  * file, with the entry's boot.cmdline and boot.minMemoryMiB, a probe init
- * standing in for whatever agent is inside (src/boot/check.ts). With
+ * standing in for whatever agent is inside (src/boot/check.ts); on a slim
+ * variant also the recipe's slim.workload (src/slim/verify.ts). With
  * --find-min-memory it measures the smallest memory each image boots in.
  */
 import { resolve } from 'node:path';
 import { Command, Option } from 'commander';
-import { checkBoot, findMinimumMemory, type BootCheck, type BootTarget, type MemorySearch } from '../boot/check.ts';
+import { DEFAULT_BOOT_TIMEOUT_SECONDS, findMinimumMemory, type BootCheck, type BootCheckOptions, type BootTarget, type MemorySearch } from '../boot/check.ts';
 import { ensureDebianKernel } from '../boot/kernel.ts';
 import { checkQemu } from '../boot/qemu.ts';
 import { bootTargets } from '../boot/targets.ts';
 import { WORKLOAD_HEADROOM_MIB } from '../boot/memory.ts';
 import { InputError, UsageError, VerificationError } from '../errors.ts';
 import { ARCHES, type Arch } from '../oci/content.ts';
-import { loadRecipe } from '../recipe/recipe.ts';
+import { loadRecipe, recipeTargets } from '../recipe/recipe.ts';
+import { WORKLOAD_HEADROOM_MIB as SLIM_WORKLOAD_HEADROOM_MIB, WORKLOAD_TIMEOUT_SECONDS, type Workload } from '../slim/tracer.ts';
+import { checkImageBoot } from '../slim/verify.ts';
 import { Cache } from '../cache/cache.ts';
 import { formatDuration, lineLogger, type Logger } from '../util/log.ts';
 import { printJson, printLines } from './format.ts';
@@ -26,7 +29,7 @@ interface VerifyFlags {
   kernel: string[];
   arch?: Arch;
   cache?: string;
-  timeout: number;
+  timeout?: number;
   memory?: number;
   findMinMemory?: boolean;
   step: number;
@@ -63,6 +66,8 @@ interface RecipeSettings {
   language?: string;
   /** Kernels the recipe names, by arch. */
   kernels?: Partial<Record<Arch, string>>;
+  /** The recipe's slim.workload and slim.files: run on slim variants after the smoke command. */
+  workload?: Workload;
 }
 
 async function recipeSettings(flags: VerifyFlags): Promise<RecipeSettings> {
@@ -78,7 +83,8 @@ async function recipeSettings(flags: VerifyFlags): Promise<RecipeSettings> {
   if (!recipe.smoke) {
     throw new InputError(`recipe ${flags.recipe} has no smoke command`, { hint: 'add smoke: [CMD, ARGS...] to it, or pass --smoke "CMD ARGS"' });
   }
-  return { smoke: recipe.smoke, language: recipe.language, kernels: recipe.kernel };
+  const workload = recipeTargets(recipe, flags.recipe).find((target) => target.slim)?.slim;
+  return { smoke: recipe.smoke, language: recipe.language, kernels: recipe.kernel, ...(workload === undefined ? {} : { workload }) };
 }
 
 /** The targets the paths name, filtered by --arch and the recipe's language. */
@@ -100,7 +106,8 @@ function kernelFor(arch: Arch, flags: VerifyFlags, recipeKernels: RecipeSettings
 
 function resultLine(check: BootCheck): string {
   const started = check.initStartedMs === null ? 'init never started' : `init started in ${formatDuration(check.initStartedMs)}`;
-  const outcome = check.passed ? `\`${check.smoke.join(' ')}\` exit 0` : `${check.failure!.kind}: ${check.failure!.message}`;
+  const ran = check.runs.map((run) => `\`${run.command.join(' ')}\` exit ${run.exit}`).join(', ');
+  const outcome = check.passed ? ran : `${check.failure!.kind}: ${check.failure!.message}`;
   return `${check.passed ? 'PASS' : 'FAIL'} ${check.label} (${check.file}) at ${check.memoryMiB} MiB: ${started}, ${outcome}; ${formatDuration(check.durationMs)} in all`;
 }
 
@@ -121,13 +128,13 @@ interface Context {
   cacheDir: string;
 }
 
-function checkOptions(kernel: string, { settings, flags, log, cacheDir }: Context, target: BootTarget) {
+function checkOptions(kernel: string, { settings, flags, log, cacheDir }: Context, target: BootTarget): BootCheckOptions {
   return {
     kernel,
     smoke: settings.smoke,
     memoryMiB: flags.memory,
     cacheDir,
-    timeoutMs: flags.timeout * 1000,
+    ...(flags.timeout === undefined ? {} : { timeoutMs: flags.timeout * 1000 }),
     onConsole: (chunk: string) => {
       for (const line of chunk.split(/\r?\n/).filter(Boolean)) log.debug(`${target.label}: console: ${line}`);
     },
@@ -141,10 +148,11 @@ async function verifyBoots(targets: readonly BootTarget[], context: Context): Pr
   for (const target of targets) {
     const kernel = await kernelFor(target.arch, flags, context.settings.kernels);
     log.info(`${target.label}: booting ${target.file} with ${kernel}`);
-    const check = await checkBoot(target, checkOptions(kernel, context, target));
+    const check = await checkImageBoot(target, checkOptions(kernel, context, target), context.settings.workload);
     checks.push(check);
     if (!flags.json) printLines([resultLine(check)]);
-    if (!check.passed && check.smokeOutput) log.warn(`${check.label}: smoke output:\n${check.smokeOutput}`);
+    const failed = check.runs.find((run) => run.exit !== 0);
+    if (failed?.output) log.warn(`${check.label}: output of \`${failed.command.join(' ')}\`:\n${failed.output}`);
   }
   if (flags.json) printJson(checks);
   const failed = checks.filter((check) => !check.passed);
@@ -193,12 +201,12 @@ export function verifyCommand(): Command {
     .argument('<manifest-or-file...>', 'out/manifest.json (or its directory) or initramfs files')
     .option('--boot', 'boot each image and run the smoke command (required)')
     .option('--smoke <command>', 'smoke command, split on spaces (e.g. "python3 --version")')
-    .option('--recipe <file>', "take the smoke command from this recipe's smoke field (and only boot its language)")
+    .option('--recipe <file>', "take the smoke command from this recipe's smoke field, and a slim variant's workload from its slim section (only boot its language)")
     .option('--kernel <[arch=]path>', 'kernel image to boot (repeatable, e.g. --kernel aarch64=./Image); default: Debian\'s, fetched into the cache', collectKernel, [])
     .addOption(new Option('--arch <arch>', 'boot only this architecture (needed for a file without /etc/rampack/image.json)').choices(ARCHES))
     .option('--cache <dir>', 'cache directory: Debian kernels under <dir>/kernels, the compiled probe under <dir>/helper-inits (default: ~/.cache/rampack)')
-    .option('--timeout <seconds>', 'give up on a VM after this long', positiveNumber('--timeout'), 300)
-    .option('--memory <MiB>', "VM memory (default: the entry's boot.minMemoryMiB); with --find-min-memory, the upper bound to start from", positiveNumber('--memory'))
+    .option('--timeout <seconds>', `give up on a VM after this long (default: ${DEFAULT_BOOT_TIMEOUT_SECONDS}; ${WORKLOAD_TIMEOUT_SECONDS} for a slim variant running the workload)`, positiveNumber('--timeout'))
+    .option('--memory <MiB>', `VM memory (default: the entry's boot.minMemoryMiB, + ${SLIM_WORKLOAD_HEADROOM_MIB} MiB for a slim variant running the workload); with --find-min-memory, the upper bound to start from`, positiveNumber('--memory'))
     .option('--find-min-memory', 'bisect the smallest memory each image boots in and runs the smoke command, and compare it with boot.minMemoryMiB')
     .option('--step <MiB>', 'precision of --find-min-memory', positiveNumber('--step'), 8)
     .option('--json', 'print the results as JSON on stdout')
@@ -218,8 +226,16 @@ the memory the VM had. QEMU runs under TCG (no KVM): qemu-system-x86_64 for x86_
 qemu-system-aarch64 -M virt for aarch64. Exits 5 when an image fails (with --find-min-memory: when an
 image needs more than its boot.minMemoryMiB).
 
+With --recipe and a recipe that has a slim: section, each slim variant (an entry with "variant": "slim")
+also runs every slim.workload command after the smoke command, one after the other until one fails,
+with the slim.files directory at /.rampack-probe/workload, loopback up, and boot.minMemoryMiB +
+${SLIM_WORKLOAD_HEADROOM_MIB} MiB of RAM (what \`rampack slim\` gives the workload). When a command fails on a slim
+variant, the image boots once more under the slim tracer (ptrace) to name the paths the command looked
+up that the full image (its entry in the same manifest) has and the slim one lacks. Full images run
+the smoke command only: \`rampack slim\` runs the workload in them when it traces.
+
 Examples:
-  rampack verify --boot out/manifest.json --recipe recipes/python.yaml
+  rampack verify --boot out/manifest.json --recipe recipes/python.yaml    # slim variants run slim.workload too
   rampack verify --boot out/ --smoke "go version" --arch aarch64
   rampack verify --boot out/manifest.json --smoke "go version" --find-min-memory --step 4 --json
   rampack verify --boot out/node-22-x86_64.cpio.gz --smoke "node -e 1" --kernel ./vmlinuz --json`,

@@ -12,10 +12,13 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
-import { appendHelperInit, compileHelperInit, type HelperFile } from '../boot/probe.ts';
+import { appendHelperInit, compileHelperInit, encodeCommands, type HelperFile } from '../boot/probe.ts';
 import { bootInitramfs } from '../boot/qemu.ts';
 import { InputError } from '../errors.ts';
+import { AGENT_PATH, IMAGE_JSON_PATH, readInitramfs } from '../inspect/initramfs.ts';
+import type { BootRequirements } from '../manifest/manifest.ts';
 import type { Arch } from '../oci/content.ts';
+import { bytePath } from '../tree/entry.ts';
 import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import { unescapeTracePath } from './trace-file.ts';
 
@@ -23,12 +26,25 @@ import { unescapeTracePath } from './trace-file.ts';
 const WORKLOAD_DIR = 'workload';
 const TRACER_SOURCE = 'tracer.c';
 
-export type TracerMode = 'trace' | 'missing';
+/** Guest memory the workload may use on top of what the image needs to boot (a Go build takes a few hundred MiB). */
+export const WORKLOAD_HEADROOM_MIB = 768;
+/** How long a VM running the workload may take by default (a Go build under TCG takes minutes). */
+export const WORKLOAD_TIMEOUT_SECONDS = 1800;
 
-/** Commands as the tracer reads them: per command, its argument count, then the arguments, each NUL-terminated. */
-export function encodeCommands(commands: readonly (readonly string[])[]): Buffer {
-  return Buffer.from(commands.flatMap((command) => [String(command.length), ...command]).map((part) => `${part}\0`).join(''), 'utf8');
+/** Memory for booting an image and running the workload in it (tracing, the slim proof, verify --boot): its published minimum plus the workload's headroom. */
+export function workloadMemoryMiB(image: { boot: Pick<BootRequirements, 'minMemoryMiB'> }): number {
+  return image.boot.minMemoryMiB + WORKLOAD_HEADROOM_MIB;
 }
+
+/** The commands and files of a recipe's slim workload. */
+export interface Workload {
+  /** Commands run after the smoke command. */
+  workload: readonly (readonly string[])[];
+  /** Local directory the guest sees at /.rampack-probe/workload. */
+  workloadFiles?: string;
+}
+
+export type TracerMode = 'trace' | 'missing';
 
 /** The files of a local directory (recursively), named by their path below it. */
 async function directoryFiles(directory: string): Promise<HelperFile[]> {
@@ -50,6 +66,24 @@ async function directoryFiles(directory: string): Promise<HelperFile[]> {
     throw new InputError(`cannot read the workload files ${directory}: ${error.code ?? error.message}`, { hint: 'slim.files names a directory relative to the recipe' });
   });
   return files.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+}
+
+/** The workload's files as helper files: at /.rampack-probe/workload in the guest. */
+export async function workloadHelperFiles(workloadFiles: string | undefined): Promise<HelperFile[]> {
+  const files = workloadFiles === undefined ? [] : await directoryFiles(workloadFiles);
+  return files.map((file) => ({ ...file, name: `${WORKLOAD_DIR}/${file.name}` }));
+}
+
+/** The tree paths of an initramfs that came from the image (not rampack's /init and /etc/rampack), without the leading "/". */
+export async function imagePaths(file: string): Promise<Set<string>> {
+  const contents = await readInitramfs(file);
+  const added = (path: string) => path === AGENT_PATH || path.startsWith(`${IMAGE_JSON_PATH.slice(0, IMAGE_JSON_PATH.lastIndexOf('/'))}/`);
+  return new Set(contents.entries.filter((entry) => entry.path !== '/' && !added(entry.path)).map((entry) => bytePath(entry.path.slice(1))));
+}
+
+/** Of the paths a "missing" run did not find, those the full image has: what the slim image lacks. */
+export function missingFromSlim(run: TracerRun, fullImagePaths: ReadonlySet<string>): string[] {
+  return run.paths.filter((path) => fullImagePaths.has(path.slice(1)));
 }
 
 /** sha256 over the commands and the workload's files: a trace records the workload it ran. */
@@ -104,14 +138,14 @@ export function parseTracerOutput(output: string, mode: TracerMode, timedOut: bo
 /** Boots the initramfs with the tracer as init and runs the commands. */
 export async function runTracer(options: TracerOptions): Promise<TracerRun> {
   const tracer = await compileHelperInit(TRACER_SOURCE, options.arch, options.cacheDir);
-  const workload = options.workloadFiles === undefined ? [] : await directoryFiles(options.workloadFiles);
+  const workload = await workloadHelperFiles(options.workloadFiles);
   const work = await mkdtemp(join(tmpdir(), 'rampack-slim-'));
   try {
     const initrd = join(work, 'initramfs');
     const init = await appendHelperInit(options.initramfs, initrd, tracer, [
       { name: 'commands', data: encodeCommands(options.commands) },
       { name: 'mode', data: Buffer.from(options.mode) },
-      ...workload.map((file) => ({ ...file, name: `${WORKLOAD_DIR}/${file.name}` })),
+      ...workload,
     ]);
     const boot = await bootInitramfs({
       arch: options.arch,

@@ -17,7 +17,7 @@ import type { BootCheck, MemorySearch } from '../../src/boot/check.ts';
 import { newcArchive } from '../../src/cpio/writer.ts';
 import type { Manifest } from '../../src/manifest/manifest.ts';
 import { buildTestAgent, SILENT_AGENT_SOURCE } from '../helpers/agent.ts';
-import { CLI_DEADLINE_MS, runRampack } from '../helpers/cli.ts';
+import { runRampack } from '../helpers/cli.ts';
 import { busyboxBinary, KERNEL_CACHE, TEST_CACHE } from '../helpers/debian.ts';
 import { languageImageSpec } from '../helpers/images.ts';
 import { writeOciLayout } from '../helpers/oci-builder.ts';
@@ -25,12 +25,16 @@ import { pushLayout, startRegistry } from '../helpers/registry.ts';
 import { ensureTools, TOOLS } from '../helpers/system.ts';
 
 /**
- * Bounded at every level, so that under load a slow boot fails the test instead of hanging the file: each VM
- * is killed by verify after VM_TIMEOUT, each rampack run (with its VMs) by runRampack after its deadline
- * (CLI_DEADLINE_MS), and both come before the test's own timeout.
+ * Bounded at every level, so that a VM that never powers off fails the test instead of hanging the file: each
+ * VM is killed by verify after VM_TIMEOUT, each rampack run (with its VMs) by runRampack after BOOTING_RUN's
+ * deadline, and both come before the test's own timeout. The bounds catch hangs, not slowness: a boot here takes
+ * seconds alone, and they leave room for a machine many times slower (the bisection boots several times in one run).
  */
-const VM_TIMEOUT = ['--timeout', '120'];
-const TEST_TIMEOUT_MS = CLI_DEADLINE_MS + 15_000;
+const VM_TIMEOUT = ['--timeout', '300'];
+const BOOTING_RUN = { deadlineMs: 900_000 };
+const TEST_TIMEOUT_MS = BOOTING_RUN.deadlineMs + 15_000;
+/** A duration as verify prints it (formatDuration): "4.2s", or "1m5s" once a loaded machine makes it a minute or more. */
+const DURATION = String.raw`(?:\d+\.\ds|\d+m\d+s)`;
 
 let work: string;
 let registry: Awaited<ReturnType<typeof startRegistry>>;
@@ -69,7 +73,7 @@ afterAll(async () => {
 describe('rampack verify --boot', { timeout: TEST_TIMEOUT_MS }, () => {
   it('boots both arches of a manifest as published, at boot.minMemoryMiB with boot.cmdline, whatever the agent speaks', async () => {
     // --cache TEST_CACHE: the default kernels come from <cache>/kernels, where the test setup fetched them.
-    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', recipe, '--cache', TEST_CACHE, '--json', ...VM_TIMEOUT]);
+    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', recipe, '--cache', TEST_CACHE, '--json', ...VM_TIMEOUT], BOOTING_RUN);
     expect(result.stderr).not.toContain('error');
     expect(result.code).toBe(0);
     const checks = JSON.parse(result.stdout) as BootCheck[];
@@ -101,7 +105,7 @@ describe('rampack verify --boot', { timeout: TEST_TIMEOUT_MS }, () => {
     const original = readFileSync(join(out, 'lang-1.0-x86_64.cpio.gz'));
     writeFileSync(file, Buffer.concat([original, Buffer.alloc((4 - (original.length % 4)) % 4), appended]));
     const kernel = await ensureDebianKernel('x86_64', KERNEL_CACHE);
-    const result = await runRampack(['verify', '--boot', file, '--smoke', 'lang-hello', '--kernel', kernel, '--cache', TEST_CACHE, ...VM_TIMEOUT]);
+    const result = await runRampack(['verify', '--boot', file, '--smoke', 'lang-hello', '--kernel', kernel, '--cache', TEST_CACHE, ...VM_TIMEOUT], BOOTING_RUN);
     expect(result.code).toBe(5);
     expect(result.stdout).toContain('agent: /init is built for aarch64, this machine is x86_64');
   });
@@ -114,7 +118,7 @@ describe('rampack verify --boot', { timeout: TEST_TIMEOUT_MS }, () => {
     writeFileSync(userRecipe, `language: lang\nimage: oci:${layout}\nversions:\n  - version: "1.0"\narches: [x86_64]\nagent: ${agent}\nsmoke: [lang-hello]\n`);
     const userOut = join(work, 'out-nobody');
     expect((await runRampack(['build', userRecipe, '--out', userOut, '--cache', join(work, 'cache')])).code).toBe(0);
-    const result = await runRampack(['verify', '--boot', userOut, '--recipe', userRecipe, '--cache', TEST_CACHE, '--json', ...VM_TIMEOUT]);
+    const result = await runRampack(['verify', '--boot', userOut, '--recipe', userRecipe, '--cache', TEST_CACHE, '--json', ...VM_TIMEOUT], BOOTING_RUN);
     expect(result.code, result.stderr).toBe(0);
     const [check] = JSON.parse(result.stdout) as BootCheck[];
     // nobody is 65534 in the image's /etc/passwd.
@@ -126,7 +130,7 @@ describe('rampack verify --boot', { timeout: TEST_TIMEOUT_MS }, () => {
     copyFileSync(await ensureDebianKernel('x86_64', KERNEL_CACHE), kernel);
     const withKernel = join(work, 'lang-kernel.yaml');
     writeFileSync(withKernel, `${readFileSync(recipe, 'utf8')}kernel:\n  x86_64: ${kernel}\n`);
-    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', withKernel, '--arch', 'x86_64', '--cache', TEST_CACHE, '--json', ...VM_TIMEOUT]);
+    const result = await runRampack(['verify', '--boot', join(out, 'manifest.json'), '--recipe', withKernel, '--arch', 'x86_64', '--cache', TEST_CACHE, '--json', ...VM_TIMEOUT], BOOTING_RUN);
     expect(result.code).toBe(0);
     const [check] = JSON.parse(result.stdout) as BootCheck[];
     expect(check).toMatchObject({ kernel, passed: true });
@@ -135,18 +139,18 @@ describe('rampack verify --boot', { timeout: TEST_TIMEOUT_MS }, () => {
   it('reports a failing smoke command with exit code 5; a file on its own boots at the memory its entry publishes', async () => {
     const file = join(out, 'lang-1.0-x86_64.cpio.gz');
     const kernel = await ensureDebianKernel('x86_64', KERNEL_CACHE);
-    const result = await runRampack(['verify', '--boot', file, '--smoke', 'cat /no/such/file', '--kernel', `x86_64=${kernel}`, '--cache', TEST_CACHE, ...VM_TIMEOUT]);
+    const result = await runRampack(['verify', '--boot', file, '--smoke', 'cat /no/such/file', '--kernel', `x86_64=${kernel}`, '--cache', TEST_CACHE, ...VM_TIMEOUT], BOOTING_RUN);
     expect(result.code).toBe(5);
     const published = (JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest).images.find((image) => image.arch === 'x86_64')!;
     expect(result.stdout).toMatch(
-      new RegExp(`^FAIL lang 1\\.0 x86_64 \\(${file}\\) at ${published.boot.minMemoryMiB} MiB: init started in \\d+\\.\\ds, smoke: the smoke command exited 1; \\d+\\.\\ds in all\\n$`),
+      new RegExp(`^FAIL lang 1\\.0 x86_64 \\(${file}\\) at ${published.boot.minMemoryMiB} MiB: init started in ${DURATION}, smoke: the smoke command exited 1; ${DURATION} in all\\n$`),
     );
     expect(result.stderr).toContain('No such file or directory');
     expect(result.stderr).toContain('rampack: error: 1 of 1 images failed the boot check: lang 1.0 x86_64');
   });
 
   it('bisects the smallest memory an image boots in, and finds the published minimum safe', async () => {
-    const result = await runRampack(['verify', '--boot', out, '--smoke', 'lang-hello', '--arch', 'x86_64', '--find-min-memory', '--step', '16', '--cache', TEST_CACHE, '--json', ...VM_TIMEOUT]);
+    const result = await runRampack(['verify', '--boot', out, '--smoke', 'lang-hello', '--arch', 'x86_64', '--find-min-memory', '--step', '16', '--cache', TEST_CACHE, '--json', ...VM_TIMEOUT], BOOTING_RUN);
     expect(result.code, result.stderr).toBe(0);
     const [search] = JSON.parse(result.stdout) as MemorySearch[];
     expect(search!.trials[0]).toMatchObject({ memoryMiB: search!.publishedMiB, passed: true });

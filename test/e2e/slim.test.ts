@@ -6,17 +6,20 @@
  * the slim variant and proves it by booting; `rampack build` makes the same
  * slim bytes from the committed trace without booting; a program that is not
  * in the workload runs in the slim image; a workload that needs a file the
- * trace cannot see fails with that path.
+ * trace cannot see fails with that path, in `rampack slim` and in
+ * `verify --boot`, which runs the smoke command and the workload on every
+ * slim entry.
  */
 import { cp, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import type { BootCheck } from '../../src/boot/check.ts';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
 import type { Manifest } from '../../src/manifest/manifest.ts';
 import { readTraceFile } from '../../src/slim/trace-file.ts';
 import { formatBytes } from '../../src/util/log.ts';
 import { runTracer } from '../../src/slim/tracer.ts';
-import { workloadMemoryMiB } from '../../src/cli/slim.ts';
+import { workloadMemoryMiB } from '../../src/slim/tracer.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
 import { REPO_ROOT, runRampack } from '../helpers/cli.ts';
 import { KERNEL_CACHE } from '../helpers/debian.ts';
@@ -30,6 +33,11 @@ const work = testDirectory('slim');
 const cache = join(work, 'cache');
 let kernel: string;
 let recipe: string;
+/**
+ * rampack runs that boot VMs: bounded, so that a VM that never powers off fails the test, but far above what
+ * they take (tens of seconds alone), so that a loaded machine does not; test timeouts leave room for each such run.
+ */
+const BOOTING_RUN = { deadlineMs: 600_000 };
 
 function recipeText(agent: string, layout: string, workload: string, extra = ''): string {
   return `language: python
@@ -71,7 +79,7 @@ describe('rampack slim on a Python image from Debian packages', () => {
   const traced = join(work, 'traced');
 
   it('traces the workload, writes the trace, and proves the slim image by booting it', async () => {
-    const result = await runRampack(['slim', recipe, '--out', traced, '--cache', cache, '--kernel', kernel]);
+    const result = await runRampack(['slim', recipe, '--out', traced, '--cache', cache, '--kernel', kernel], BOOTING_RUN);
     expect(result.stderr).toContain('every command passed in the slim image');
     expect(result.code).toBe(0);
     const manifest = await manifestOf(traced);
@@ -106,15 +114,21 @@ describe('rampack slim on a Python image from Debian packages', () => {
     const slim = manifest.images.find((image) => image.variant === 'slim')!;
     expect(inspected.stdout).toContain(`memory       boots in ${slim.boot.minMemoryMiB} MiB with ${slim.boot.cmdline}`);
     expect(result.stderr).toContain(`python 3.11 x86_64 slim: ${formatBytes(slim.uncompressedSize)} unpacked, boots in ${slim.boot.minMemoryMiB} MiB`);
-    // verify --boot boots every entry as published (the slim one too) and runs the smoke command in it. The memory
-    // is given: the boot.minMemoryMiB rule is verify's own subject (test/e2e/boot-memory.test.ts).
-    const verified = await runRampack(['verify', '--boot', join(rebuilt, 'manifest.json'), '--recipe', recipe, '--kernel', kernel, '--cache', cache, '--memory', '512']);
-    expect(verified.stdout).toMatch(/^PASS python 3\.11 x86_64 slim/m);
-    expect(verified.code).toBe(0);
+    // verify --boot boots every entry as published: the smoke command in the full one at its boot.minMemoryMiB, the
+    // smoke command and every slim.workload command (with slim.files) in the slim one, with the workload's memory.
+    const verified = await runRampack(['verify', '--boot', join(rebuilt, 'manifest.json'), '--recipe', recipe, '--kernel', kernel, '--cache', cache, '--json'], BOOTING_RUN);
+    expect(verified.code, verified.stderr).toBe(0);
+    const checks = JSON.parse(verified.stdout) as BootCheck[];
+    const full = manifest.images.find((image) => !image.variant)!;
+    expect(checks.map((check) => [check.label, check.passed, check.memoryMiB, check.runs.map((run) => [run.command.join(' '), run.exit])])).toEqual([
+      ['python 3.11 x86_64', true, full.boot.minMemoryMiB, [['python3 --version', 0]]],
+      ['python 3.11 x86_64 slim', true, workloadMemoryMiB(slim), [['python3 --version', 0], ['python3 /.rampack-probe/workload/service.py', 0]]],
+    ]);
+    expect(checks[1]!.runs[1]!.output).toContain('service workload ok');
     const plan = await runRampack(['plan', recipe, '--json']);
     expect(plan.code).toBe(0);
     expect(JSON.parse(plan.stdout).include.map((cell: { key: string }) => cell.key)).toEqual(['python-3.11-x86_64', 'python-3.11-x86_64-slim']);
-  }, 600_000);
+  }, 1_200_000);
 
   it('refuses a trace taken from another image, and leaves out a slim cell that was never traced', async () => {
     const traceText = await readFile(join(work, 'recipe', 'traces', 'python-3.11-x86_64.trace'), 'utf8');
@@ -159,11 +173,23 @@ describe('rampack slim on a Python image from Debian packages', () => {
     // `test -e` only stats: the tracer cannot see it, the slim image drops cpp, and the check fails there.
     const text = recipeText(await buildTestAgent('x86_64'), layout, 'sh, -c, "test -e /usr/bin/cpp-12 || exit 3"', '  trace: traces/stat-only.trace\n');
     await writeFile(statOnly, text);
-    const result = await runRampack(['slim', statOnly, '--out', join(work, 'stat-only'), '--cache', cache, '--kernel', kernel]);
+    const result = await runRampack(['slim', statOnly, '--out', join(work, 'stat-only'), '--cache', cache, '--kernel', kernel], BOOTING_RUN);
     expect(result.code).toBe(5);
     expect(result.stderr).toContain('`sh -c test -e /usr/bin/cpp-12 || exit 3` exit 3');
     expect(result.stderr).toContain('missing from the slim image: /usr/bin/cpp-12');
-  }, 1_200_000);
+
+    // The trace was written before the proof failed: a build makes the same slim image from it, and verify --boot
+    // fails on it, naming the command and (from the full entry beside it) the path the slim image lacks.
+    const out = join(work, 'stat-only-built');
+    expect((await runRampack(['build', statOnly, '--out', out, '--cache', cache])).code).toBe(0);
+    const verified = await runRampack(['verify', '--boot', out, '--recipe', statOnly, '--kernel', kernel, '--cache', cache], BOOTING_RUN);
+    expect(verified.code).toBe(5);
+    expect(verified.stdout).toMatch(
+      /^FAIL python 3\.11 x86_64 slim \(.*\) at \d+ MiB: .*workload-command: the workload command `sh -c test -e \/usr\/bin\/cpp-12 \|\| exit 3` exited 3; missing from the slim image: \/usr\/bin\/cpp-12; /m,
+    );
+    expect(verified.stdout).toMatch(/^PASS python 3\.11 x86_64 \(.*\) at \d+ MiB: init started in .*, `python3 --version` exit 0; /m);
+    expect(verified.stderr).toContain('rampack: error: 1 of 2 images failed the boot check: python 3.11 x86_64 slim');
+  }, 1_800_000);
 });
 
 describe('the tracer on aarch64', () => {

@@ -5,7 +5,8 @@ import { describe, expect, it } from 'vitest';
 import type { Arch } from '../../src/oci/content.ts';
 import { slimTree } from '../../src/slim/slim-tree.ts';
 import { formatTrace, parseTrace } from '../../src/slim/trace-file.ts';
-import { encodeCommands, parseTracerOutput } from '../../src/slim/tracer.ts';
+import { encodeCommands } from '../../src/boot/probe.ts';
+import { parseTracerOutput } from '../../src/slim/tracer.ts';
 import { sortByTreePath, type TreeEntry } from '../../src/tree/entry.ts';
 import { debianPackageRoot } from '../helpers/debian.ts';
 
