@@ -1,4 +1,5 @@
-/** Output helpers shared by the commands: JSON on stdout, aligned columns, signed sizes. */
+/** Output and flag helpers shared by the commands: JSON on stdout, aligned columns, signed sizes, number flags. */
+import { UsageError } from '../errors.ts';
 import { formatBytes } from '../util/log.ts';
 
 export function printJson(value: unknown): void {
@@ -24,4 +25,12 @@ export function signedBytes(bytes: number): string {
 
 export function signedCount(count: number): string {
   return count > 0 ? `+${count}` : count === 0 ? '±0' : String(count);
+}
+
+/** A commander argument parser for a flag that takes a positive whole number. */
+export function positiveNumber(flag: string): (text: string) => number {
+  return (text) => {
+    if (!/^[1-9]\d*$/.test(text)) throw new UsageError(`${flag} must be a positive whole number, not "${text}"`);
+    return Number(text);
+  };
 }

@@ -24,6 +24,7 @@ import { prepareOutputDirectory } from '../util/atomic.ts';
 import { formatBytes, lineLogger, type Logger } from '../util/log.ts';
 import { writeTraceFile } from '../slim/trace-file.ts';
 import { imagePaths, missingFromSlim, runTracer, workloadDigest, workloadMemoryMiB, WORKLOAD_HEADROOM_MIB, WORKLOAD_TIMEOUT_SECONDS, type TracerMode, type TracerRun } from '../slim/tracer.ts';
+import { positiveNumber } from './format.ts';
 import { addRegistryFlags, registryOptionsFrom, type RegistryFlags } from './registry-flags.ts';
 
 interface SlimFlags extends RegistryFlags {
@@ -37,13 +38,6 @@ interface SlimFlags extends RegistryFlags {
   timeout: number;
   quiet?: boolean;
   verbose?: boolean;
-}
-
-function positiveNumber(flag: string): (text: string) => number {
-  return (text) => {
-    if (!/^[1-9]\d*$/.test(text)) throw new UsageError(`${flag} must be a positive whole number, not "${text}"`);
-    return Number(text);
-  };
 }
 
 interface Context {

@@ -20,7 +20,7 @@ import { WORKLOAD_HEADROOM_MIB as SLIM_WORKLOAD_HEADROOM_MIB, WORKLOAD_TIMEOUT_S
 import { checkImageBoot } from '../slim/verify.ts';
 import { Cache } from '../cache/cache.ts';
 import { formatDuration, lineLogger, type Logger } from '../util/log.ts';
-import { printJson, printLines } from './format.ts';
+import { positiveNumber, printJson, printLines } from './format.ts';
 
 interface VerifyFlags {
   boot?: boolean;
@@ -36,13 +36,6 @@ interface VerifyFlags {
   json?: boolean;
   quiet?: boolean;
   verbose?: boolean;
-}
-
-function positiveNumber(flag: string): (text: string) => number {
-  return (text) => {
-    if (!/^[1-9]\d*$/.test(text)) throw new UsageError(`${flag} must be a positive whole number, not "${text}"`);
-    return Number(text);
-  };
 }
 
 function collectKernel(value: string, previous: string[]): string[] {
