@@ -56,27 +56,60 @@ export function paddingFor(length: number, unit = 4): number {
   return (unit - (length % unit)) % unit;
 }
 
+/** Bytes encodeHeader produces for a name: header, name, NUL, padding to 4. */
+export function encodedHeaderSize(name: string): number {
+  const size = HEADER_SIZE + name.length + 1;
+  return size + paddingFor(size);
+}
+
 /** Header, NUL-terminated latin1 name and padding to 4, as one buffer. */
 export function encodeHeader(header: Omit<NewcHeader, 'namesize' | 'check'>, name: string): Buffer {
-  const text = headerText(header, name);
-  const buffer = Buffer.alloc(text.length + paddingFor(text.length));
-  buffer.write(text, 0, 'latin1');
+  const buffer = Buffer.allocUnsafe(encodedHeaderSize(name));
+  writeHeader(buffer, 0, header, name);
   return buffer;
 }
 
-/** encodeHeader's bytes as a byte string (one char per byte), the zero padding left out. */
-export function headerText(header: Omit<NewcHeader, 'namesize' | 'check'>, name: string): string {
-  let text = NEWC_MAGIC;
-  for (const field of HEADER_FIELDS) text += hex8(field === 'namesize' ? name.length + 1 : field === 'check' ? 0 : header[field]);
-  return `${text}${name}\0`;
+/**
+ * Writes encodeHeader's bytes into `target` at `offset` (which must have
+ * room for encodedHeaderSize(name)) and returns the offset after them: how
+ * the shard keys take every header without making a string or buffer each.
+ */
+export function writeHeader(target: Buffer, offset: number, header: Omit<NewcHeader, 'namesize' | 'check'>, name: string): number {
+  // Byte by byte: these are a few bytes each, and a call into Buffer's native code costs more than the loop.
+  let at = offset;
+  for (let i = 0; i < NEWC_MAGIC.length; i++) target[at++] = NEWC_MAGIC.charCodeAt(i);
+  // HEADER_FIELDS' order, spelled out: a loop over field names costs a keyed lookup per field.
+  at = writeHex8(target, at, header.ino);
+  at = writeHex8(target, at, header.mode);
+  at = writeHex8(target, at, header.uid);
+  at = writeHex8(target, at, header.gid);
+  at = writeHex8(target, at, header.nlink);
+  at = writeHex8(target, at, header.mtime);
+  at = writeHex8(target, at, header.filesize);
+  at = writeHex8(target, at, header.devMajor);
+  at = writeHex8(target, at, header.devMinor);
+  at = writeHex8(target, at, header.rdevMajor);
+  at = writeHex8(target, at, header.rdevMinor);
+  at = writeHex8(target, at, name.length + 1);
+  at = writeHex8(target, at, 0);
+  at += target.write(name, at, 'latin1');
+  const end = offset + encodedHeaderSize(name);
+  while (at < end) target[at++] = 0;
+  return end;
 }
 
-/** "00".."FF": a header is formatted for every entry of every archive (and every shard key), so per byte, not per digit. */
-const HEX_BYTES = Array.from({ length: 256 }, (_, byte) => byte.toString(16).toUpperCase().padStart(2, '0'));
+/** "000102…FF" as ASCII: a header is written for every entry of every archive (and every shard key), so per byte, not per digit. */
+const HEX_PAIRS = Buffer.from(Array.from({ length: 256 }, (_, byte) => byte.toString(16).toUpperCase().padStart(2, '0')).join(''), 'latin1');
 
-function hex8(value: number): string {
-  if (value >>> 0 !== value) return value.toString(16).toUpperCase().padStart(FIELD_DIGITS, '0');
-  return HEX_BYTES[value >>> 24]! + HEX_BYTES[(value >>> 16) & 0xff]! + HEX_BYTES[(value >>> 8) & 0xff]! + HEX_BYTES[value & 0xff]!;
+function writeHex8(target: Buffer, at: number, value: number): number {
+  // Callers check every field against newc's 32 bits first; a wider value here is a bug, not input.
+  if (value >>> 0 !== value) throw new RangeError(`newc header field ${value} is not a 32-bit unsigned integer`);
+  for (let shift = 24; shift >= 0; shift -= 8) {
+    const pair = ((value >>> shift) & 0xff) * 2;
+    target[at++] = HEX_PAIRS[pair]!;
+    target[at++] = HEX_PAIRS[pair + 1]!;
+  }
+  return at;
 }
 
 /** Parses the 13 hex fields that follow the magic, or names the first field that is not 8 hex digits. */

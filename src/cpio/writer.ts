@@ -9,7 +9,7 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import { Readable } from 'node:stream';
 import { InputError } from '../errors.ts';
 import { dataSize, displayPath, parentPath, rangePieces, storedSize, type EntryType, type FileRange, type TreeEntry } from '../tree/entry.ts';
-import { encodeHeader, HEADER_SIZE, headerText, MAX_NAME_SIZE, MAX_U32, paddingFor, TRAILER_NAME, TYPE_BITS, type NewcHeader } from './newc.ts';
+import { encodeHeader, HEADER_SIZE, MAX_NAME_SIZE, MAX_U32, paddingFor, TRAILER_NAME, TYPE_BITS, writeHeader, type NewcHeader } from './newc.ts';
 
 export interface NewcOptions {
   /** Upper bound for mtimes (e.g. SOURCE_DATE_EPOCH): later ones are lowered to it. */
@@ -92,19 +92,85 @@ export interface NewcPlan {
   /**
    * Feeds `hash` what the archive is made of: every header exactly as it will
    * be written (name, inode numbers, modes, sizes: all the writer decided),
-   * then each entry's data, as bytes when in memory and as `rangeIdentity`
-   * says for a range of a file. Two plans that feed the same are the same
-   * archive, as long as equal range identities name equal bytes.
+   * then each entry's data: as bytes when in memory, and for a range of a
+   * file as `fileIdentity` names the file plus the range's offset, size and
+   * sparse runs. Two plans that feed the same are the same archive, as long
+   * as equal file identities name files of equal bytes.
    */
-  identify(hash: Hash, rangeIdentity: (range: FileRange) => string): void;
+  identify(hash: Hash, fileIdentity: (file: string) => string): void;
 }
 
 /**
  * Tags before each entry's data in identify(), so in-memory bytes never read as a range identity; a NUL
  * ends a range identity (in-memory data needs none: the header gives its length).
  */
-const DATA_IN_MEMORY = '\x00';
-const DATA_IN_FILE = '\x01';
+const DATA_IN_MEMORY = 0;
+const DATA_IN_FILE = 1;
+
+/**
+ * What identify() feeds a hash, gathered into one buffer: one hash update
+ * per batch rather than per entry, and no string made per header (keys are
+ * taken for every shard of every prediction round).
+ */
+class HashBatch {
+  readonly #hash: Hash;
+  /** A batch is flushed once past BATCH_BYTES, so one more header of the longest name (or a number) always fits. */
+  readonly #buffer = Buffer.allocUnsafe(BATCH_BYTES + HEADER_SIZE + MAX_NAME_SIZE + 8);
+  #used = 0;
+
+  constructor(hash: Hash) {
+    this.#hash = hash;
+  }
+
+  header(header: Header, name: string): this {
+    this.#used = writeHeader(this.#buffer, this.#used, header, name);
+    return this.#flushIfFull();
+  }
+
+  byte(value: number): this {
+    this.#buffer[this.#used++] = value;
+    return this.#flushIfFull();
+  }
+
+  text(value: string): this {
+    if (this.#used + Buffer.byteLength(value) > this.#buffer.length) this.flush().#hash.update(value);
+    else this.#used += this.#buffer.write(value, this.#used);
+    return this.#flushIfFull();
+  }
+
+  /** Offset, size and sparse runs as 64-bit numbers: no text made per file. */
+  range({ offset, size, sparse }: FileRange): this {
+    this.#number(offset);
+    this.#number(size);
+    this.#number(sparse?.length ?? 0);
+    for (const run of sparse ?? []) {
+      this.#number(run.offset);
+      this.#number(run.size);
+    }
+    return this;
+  }
+
+  #number(value: number): void {
+    this.#buffer.writeDoubleLE(value, this.#used);
+    this.#used += 8;
+    this.#flushIfFull();
+  }
+
+  bytes(value: Buffer): this {
+    this.flush().#hash.update(value);
+    return this;
+  }
+
+  flush(): this {
+    this.#hash.update(this.#buffer.subarray(0, this.#used));
+    this.#used = 0;
+    return this;
+  }
+
+  #flushIfFull(): this {
+    return this.#used >= BATCH_BYTES ? this.flush() : this;
+  }
+}
 
 export function planNewcArchive(entries: Iterable<TreeEntry>, options: NewcOptions = {}): NewcPlan {
   const records = planArchive([...entries], options);
@@ -122,23 +188,14 @@ export function planNewcArchive(entries: Iterable<TreeEntry>, options: NewcOptio
       for (const piece of chunks(target.subarray(0, size))) void piece;
     },
     chunks,
-    identify(hash, rangeIdentity) {
-      // Headers and range identities are gathered into one string per batch: one hash update per batch, not per piece.
-      let batch = '';
+    identify(hash, fileIdentity) {
+      const batch = new HashBatch(hash);
       for (const { name, header, data } of records) {
-        batch += headerText(header, name);
-        if (Buffer.isBuffer(data)) {
-          hash.update(batch + DATA_IN_MEMORY, 'latin1').update(data);
-          batch = '';
-        } else if (data !== undefined) {
-          batch += `${DATA_IN_FILE}${rangeIdentity(data)}\0`;
-        }
-        if (batch.length >= BATCH_BYTES) {
-          hash.update(batch, 'latin1');
-          batch = '';
-        }
+        batch.header(header, name);
+        if (Buffer.isBuffer(data)) batch.byte(DATA_IN_MEMORY).bytes(data);
+        else if (data !== undefined) batch.byte(DATA_IN_FILE).text(fileIdentity(data.file)).byte(0).range(data);
       }
-      hash.update(batch, 'latin1');
+      batch.flush();
     },
   };
 }
@@ -150,11 +207,13 @@ function recordSize({ name, header }: Pick<PlannedRecord, 'name' | 'header'>): n
 
 function planArchive(entries: TreeEntry[], options: NewcOptions): PlannedRecord[] {
   const groups = linkGroups(entries);
-  const directories = new Set<string>(options.presentDirectories);
+  // Not a copy of presentDirectories: shard keys plan shard after shard against all directories before them.
+  const ownDirectories = new Set<string>();
+  const isDirectory = (path: string) => ownDirectories.has(path) || options.presentDirectories?.has(path) === true;
   let nextIno = 1;
   return entries.map((entry, index) => {
-    checkEntry(entry, directories);
-    if (entry.type === 'dir') directories.add(entry.path);
+    checkEntry(entry, isDirectory);
+    if (entry.type === 'dir') ownDirectories.add(entry.path);
     const group = isLinked(entry) ? groups.get(entry.inode) : undefined;
     if (group !== undefined) group.ino ??= nextIno++;
     const data = group === undefined ? ownData(entry) : index === group.lastIndex ? group.data : undefined;
@@ -209,7 +268,7 @@ function ownData(entry: TreeEntry): Buffer | FileRange | undefined {
 /** Byte strings only: one char per byte, and no NUL since names are NUL-terminated. */
 const BYTE_STRING = /^[\x01-\xff]+$/;
 
-function checkEntry(entry: TreeEntry, directories: ReadonlySet<string>): void {
+function checkEntry(entry: TreeEntry, isDirectory: (path: string) => boolean): void {
   if (!BYTE_STRING.test(entry.path)) {
     throw new InputError(`path "${displayPath(entry.path)}" cannot be archived: it is empty or not a latin1 byte string without NUL`);
   }
@@ -224,7 +283,7 @@ function checkEntry(entry: TreeEntry, directories: ReadonlySet<string>): void {
     );
   }
   const parent = parentPath(entry.path);
-  if (parent !== '' && !directories.has(parent)) {
+  if (parent !== '' && !isDirectory(parent)) {
     throw new InputError(
       `"${displayPath(entry.path)}" comes before its parent directory "${displayPath(parent)}" (or the parent is not a directory)`,
       { hint: 'entries must be sorted so that every directory precedes its contents' },
@@ -246,11 +305,15 @@ function checkEntry(entry: TreeEntry, directories: ReadonlySet<string>): void {
       hint: 'remove or split the file in the image',
     });
   }
-  const numbers = { uid: entry.uid, gid: entry.gid, 'device major': entry.devMajor ?? 0, 'device minor': entry.devMinor ?? 0 };
-  for (const [field, value] of Object.entries(numbers)) {
-    if (!Number.isInteger(value) || value < 0 || value > MAX_U32) {
-      throw new InputError(`${field} ${value} of "${displayPath(entry.path)}" does not fit in newc's 32-bit field`);
-    }
+  checkU32(entry.uid, 'uid', entry);
+  checkU32(entry.gid, 'gid', entry);
+  checkU32(entry.devMajor ?? 0, 'device major', entry);
+  checkU32(entry.devMinor ?? 0, 'device minor', entry);
+}
+
+function checkU32(value: number, field: string, entry: TreeEntry): void {
+  if (!Number.isInteger(value) || value < 0 || value > MAX_U32) {
+    throw new InputError(`${field} ${value} of "${displayPath(entry.path)}" does not fit in newc's 32-bit field`);
   }
 }
 

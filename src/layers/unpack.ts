@@ -94,10 +94,11 @@ async function readCachedIndex(cache: Cache, tarPath: string, indexPath: string,
   const tarSize = await stat(tarPath).then((info) => info.size, () => undefined);
   if (stored === undefined || stored.diffId !== diffId || stored.tarSize !== tarSize) return undefined;
   await cache.touch(tarPath, indexPath);
-  const entries = stored.entries.map(({ xattrs, ...entry }) =>
-    xattrs === undefined ? entry : { ...entry, xattrs: mapValues(xattrs, (value) => Buffer.from(value, 'base64')) },
-  );
-  return { entries, warnings: stored.warnings };
+  // The parsed record is this call's alone: xattr values are decoded in place instead of copying every entry.
+  for (const entry of stored.entries) {
+    if (entry.xattrs !== undefined) (entry as LayerEntry).xattrs = mapValues(entry.xattrs, (value) => Buffer.from(value, 'base64'));
+  }
+  return { entries: stored.entries as LayerEntry[], warnings: stored.warnings };
 }
 
 const LAYER_ENTRY_TYPES: ReadonlySet<unknown> = new Set<LayerEntryType>(['file', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo']);

@@ -13,7 +13,7 @@ import { basename } from 'node:path';
 import { compressorIdentity, fileExtension, type Compression } from '../compress/index.ts';
 import { planNewcArchive } from '../cpio/writer.ts';
 import { RampackError } from '../errors.ts';
-import { dataSize, type FileRange, type TreeEntry } from '../tree/entry.ts';
+import { dataSize, type TreeEntry } from '../tree/entry.ts';
 import { sourceIdentity } from '../util/source-identity.ts';
 import { shardWorkerUrl, type ShardWorkers } from './shard-workers.ts';
 
@@ -45,9 +45,16 @@ export type ShardResult =
 
 /** Uncompressed bytes per shard: large enough that restarting the codec costs nothing measurable. */
 export const SHARD_BYTES = 16 * 1024 * 1024;
-/** A file range's identity: layer tars are named by their content's digest, so name, offset and size name the bytes. */
-function rangeIdentity(range: FileRange): string {
-  return `${basename(range.file)}:${range.offset}:${range.size}`;
+/**
+ * A layer file's identity for shard keys: layer tars are named by their
+ * content's digest, so the name names the bytes. Remembered: every file of a
+ * shard is in one of a few layer files, and keys are taken every prediction round.
+ */
+const layerFileNames = new Map<string, string>();
+function layerFileIdentity(path: string): string {
+  let name = layerFileNames.get(path);
+  if (name === undefined) layerFileNames.set(path, (name = basename(path)));
+  return name;
 }
 
 /**
@@ -74,7 +81,7 @@ export function shardKeys(shards: readonly (readonly TreeEntry[])[], settings: A
   const present = new Set<string>();
   return shards.map((entries) => {
     const hash = createHash('sha256').update(previous);
-    planNewcArchive(entries, { clampMtime: settings.clampMtime, presentDirectories: present }).identify(hash, rangeIdentity);
+    planNewcArchive(entries, { clampMtime: settings.clampMtime, presentDirectories: present }).identify(hash, layerFileIdentity);
     for (const directory of directoriesOf(entries)) present.add(directory);
     previous = hash.digest('hex');
     return previous;

@@ -41,7 +41,18 @@ const int = (next: Random, max: number) => Math.floor(next() * max);
 function randomData(next: Random): Buffer | FileRange {
   if (next() < 0.5) return Buffer.from(Array.from({ length: int(next, 40) }, () => int(next, 256)));
   const offset = int(next, LAYER_BYTES / 2);
-  return { file: layerTar, offset, size: int(next, LAYER_BYTES / 2) };
+  const size = int(next, LAYER_BYTES / 2);
+  if (next() < 0.7 || size < 2) return { file: layerTar, offset, size };
+  // A sparse file: one stored run somewhere in its contents, zeros around it.
+  const runOffset = int(next, size - 1);
+  return { file: layerTar, offset, size, sparse: [{ offset: runOffset, size: 1 + int(next, size - runOffset - 1) }] };
+}
+
+/** The same range with its stored run moved by a byte (when there is room): other contents, same stored bytes. */
+function movedSparseRun(data: TreeEntry['data']): TreeEntry['data'] {
+  const run = data !== undefined && !Buffer.isBuffer(data) ? data.sparse?.[0] : undefined;
+  if (run === undefined || run.offset + run.size >= data!.size) return data;
+  return { ...(data as FileRange), sparse: [{ offset: run.offset + 1, size: run.size }] };
 }
 
 /** A valid tree in walk order: directories d0..d2 at the top, entries of every type in them. */
@@ -71,6 +82,7 @@ const MUTATIONS: ((entry: TreeEntry, next: Random) => TreeEntry)[] = [
   (e, next) => ({ ...e, mtime: e.mtime + (next() < 0.5 ? 1 : 0.5) }),
   (e, next) => ({ ...e, data: randomData(next) }),
   (e) => ({ ...e, data: e.data === undefined || Buffer.isBuffer(e.data) ? e.data : { ...e.data, offset: e.data.offset + 1 } }),
+  (e) => ({ ...e, data: movedSparseRun(e.data) }),
   (e) => ({ ...e, data: Buffer.isBuffer(e.data) && e.data.length > 0 ? Buffer.from(e.data.map((byte, i) => (i === 0 ? byte ^ 1 : byte))) : e.data }),
   (e, next) => ({ ...e, linkTarget: `t${int(next, 5)}` }),
   (e) => ({ ...e, devMajor: (e.devMajor ?? 0) + 1 }),
