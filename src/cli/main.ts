@@ -5,17 +5,6 @@ import { ExitCode, RampackError } from '../errors.ts';
 import { closeTransports } from '../registry/transport.ts';
 import { TOOL_VERSION } from '../version.ts';
 import { terminalLine } from '../util/log.ts';
-import { buildCommand } from './build.ts';
-import { cacheCommand } from './cache.ts';
-import { completionCommand } from './completion.ts';
-import { diffCommand } from './diff.ts';
-import { inspectCommand } from './inspect.ts';
-import { verifyCommand } from './verify.ts';
-import { keygenCommand } from './keygen.ts';
-import { manifestCommand } from './manifest.ts';
-import { planCommand } from './plan.ts';
-import { publishCommand } from './publish.ts';
-import { slimCommand } from './slim.ts';
 
 /** Usage errors throw (so they map to exit code 2) instead of exiting inside commander. */
 function strict(command: Command): Command {
@@ -45,34 +34,52 @@ function acceptDebugEverywhere(cli: Command): Command {
  * through the same formatter as rampack's, so a value cannot break or flood the line.
  */
 function readableUsageErrors(command: Command): Command {
-  command.configureOutput({ outputError: (message, write) => write(`${terminalLine(message.replace(/\n$/, ''))}\n`) });
+  // commander's suggestion ("(Did you mean build?)", names it knows) keeps its own line; the rest may hold what was typed.
+  const readable = (message: string) => {
+    const [, text, suggestion] = /^([\s\S]*?)(\n\(Did you mean [\w\s,.-]+\?\))?\n?$/.exec(message)!;
+    return `${terminalLine(text!)}${suggestion ?? ''}`;
+  };
+  command.configureOutput({ outputError: (message, write) => write(`${readable(message)}\n`) });
   command.commands.forEach(readableUsageErrors);
   return command;
 }
 
-function program(): Command {
-  const cli = commands()
-    .addCommand(strict(inspectCommand()))
-    .addCommand(strict(diffCommand()))
-    .addCommand(strict(verifyCommand()))
-    .addCommand(strict(slimCommand()))
-    .addCommand(strict(completionCommand()));
-  return readableUsageErrors(acceptDebugEverywhere(cli));
+/**
+ * Each command's module, loaded when that command runs: a build does not load
+ * QEMU, tracing or publishing code (tens of milliseconds on every run). Help
+ * and completion list them all. In the order `rampack --help` shows them.
+ */
+const COMMANDS: Readonly<Record<string, () => Promise<Command>>> = {
+  build: async () => (await import('./build.ts')).buildCommand(),
+  plan: async () => (await import('./plan.ts')).planCommand(),
+  manifest: async () => (await import('./manifest.ts')).manifestCommand(),
+  publish: async () => (await import('./publish.ts')).publishCommand(),
+  keygen: async () => (await import('./keygen.ts')).keygenCommand(),
+  cache: async () => (await import('./cache.ts')).cacheCommand(),
+  inspect: async () => (await import('./inspect.ts')).inspectCommand(),
+  diff: async () => (await import('./diff.ts')).diffCommand(),
+  verify: async () => (await import('./verify.ts')).verifyCommand(),
+  slim: async () => (await import('./slim.ts')).slimCommand(),
+  completion: async () => (await import('./completion.ts')).completionCommand(),
+};
+
+/** The command a command line runs: its first word that is not an option (global options take no values). */
+function commandNamed(argv: readonly string[]): string | undefined {
+  const name = argv.find((arg) => !arg.startsWith('-'));
+  return name !== undefined && name !== 'completion' && Object.hasOwn(COMMANDS, name) ? name : undefined;
 }
 
-function commands(): Command {
-  return strict(new Command('rampack'))
+async function program(argv: readonly string[]): Promise<Command> {
+  const cli = strict(new Command('rampack'))
     .description('Turn OCI container images into compressed initramfs images for microVMs, with your agent as /init.')
     .version(TOOL_VERSION, '-V, --version', 'print rampack’s version')
     .enablePositionalOptions()
     .option('--debug', 'show stack traces of errors')
-    .addHelpText('after', EXIT_CODES_HELP)
-    .addCommand(strict(buildCommand()))
-    .addCommand(strict(planCommand()))
-    .addCommand(strict(manifestCommand()))
-    .addCommand(strict(publishCommand()))
-    .addCommand(strict(keygenCommand()))
-    .addCommand(strict(cacheCommand()));
+    .addHelpText('after', EXIT_CODES_HELP);
+  const named = commandNamed(argv);
+  const commands = await Promise.all((named === undefined ? Object.values(COMMANDS) : [COMMANDS[named]!]).map((load) => load()));
+  for (const command of commands) cli.addCommand(strict(command));
+  return readableUsageErrors(acceptDebugEverywhere(cli));
 }
 
 function report(error: unknown, debug: boolean): number {
@@ -92,9 +99,8 @@ function report(error: unknown, debug: boolean): number {
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
-  const cli = program();
   try {
-    await cli.parseAsync(argv, { from: 'user' });
+    await (await program(argv)).parseAsync(argv, { from: 'user' });
     return ExitCode.ok;
   } catch (error) {
     return report(error, argv.includes('--debug'));

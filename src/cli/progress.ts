@@ -5,7 +5,7 @@
  * --quiet or --verbose, or when stderr is not a terminal: plain timestamped
  * lines (lineLogger), never a spinner or an escape code.
  */
-import { DefaultRenderer, Listr, ListrLogger, ProcessOutput, type ListrTaskWrapper } from 'listr2';
+import type { DefaultRenderer, ListrTaskWrapper } from 'listr2';
 import {
   BUILD_STAGES,
   formatBytes,
@@ -129,15 +129,10 @@ async function runWithLines(jobs: readonly ImageJob[], log: Logger): Promise<voi
   }
 }
 
-/** listr2 draws on stdout only when stdout is a terminal; this one draws on stderr and lets rampack decide. */
-class StderrTaskRenderer extends DefaultRenderer {
-  static override nonTTY = true;
-}
-
 /** How often a running stage's title is redrawn at most. */
 const REDRAW_INTERVAL_MS = 100;
 
-type StageTask = ListrTaskWrapper<unknown, typeof StderrTaskRenderer, typeof StderrTaskRenderer>;
+type StageTask = ListrTaskWrapper<unknown, typeof DefaultRenderer, typeof DefaultRenderer>;
 
 interface Deferred {
   promise: Promise<void>;
@@ -211,8 +206,14 @@ class StageBridge implements BuildReporter {
   }
 }
 
+/** The task view; listr2 is loaded only here, where a terminal shows it (a CI build never pays for it). */
 async function runWithTaskView(jobs: readonly ImageJob[]): Promise<void> {
-  const tasks = new Listr<unknown, typeof StderrTaskRenderer, typeof StderrTaskRenderer>(
+  const { DefaultRenderer, Listr, ListrLogger, ProcessOutput } = await import('listr2');
+  /** listr2 draws on stdout only when stdout is a terminal; this one draws on stderr and lets rampack decide. */
+  class StderrTaskRenderer extends DefaultRenderer {
+    static override nonTTY = true;
+  }
+  const tasks = new Listr<unknown, typeof DefaultRenderer, typeof DefaultRenderer>(
     jobs.map((job) => ({
       title: job.label,
       task: (_context, imageTask) => {

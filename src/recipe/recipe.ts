@@ -5,7 +5,7 @@
  */
 import { readdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { parseDocument, type Document } from 'yaml';
+import type { Document } from 'yaml';
 import type { BuildTarget, ExtraFile, SlimSettings } from '../pipeline/target.ts';
 import { InputError, UsageError } from '../errors.ts';
 import { ARCHES, type Arch } from '../oci/content.ts';
@@ -125,6 +125,8 @@ function recipeObject(document: Document, file: string): Recipe {
 /** Reads and validates one recipe file. */
 export async function loadRecipe(file: string): Promise<Recipe> {
   const text = await readInputText(file, 'recipe', INPUT_FILE_LIMITS.recipe);
+  // Loaded here: a build from --image reads no YAML and need not load the parser.
+  const { parseDocument } = await import('yaml');
   const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
   if (document.errors.length > 0) {
     const first = document.errors[0]!;

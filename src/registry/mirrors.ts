@@ -8,7 +8,6 @@
  */
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
-import { parse as parseYaml } from 'yaml';
 import { InputError, RampackError, UsageError } from '../errors.ts';
 import { isLoopbackRegistry, type ImageReference } from '../oci/reference.ts';
 import type { ContentStore } from '../oci/content.ts';
@@ -116,6 +115,8 @@ export async function loadConfigMirrors(file?: string): Promise<RegistryMirrors>
     if (file === undefined && isMissingFile(error)) return new Map();
     throw error;
   }
+  // Loaded only when there is a config file to parse.
+  const { parse: parseYaml } = await import('yaml');
   let document: unknown;
   try {
     document = parseYaml(text);

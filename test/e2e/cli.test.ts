@@ -357,6 +357,9 @@ describe('help, completion and exit codes', () => {
       expect(result.code, args.join(' ')).toBe(2);
     }
     expect((await rampack(['verify', 'out'])).stderr).toContain('rampack: error: verify needs --boot');
+    // Only the named command's module is loaded, yet a typo still gets commander's suggestion, on its own line.
+    expect((await rampack(['buidl'])).stderr).toBe("error: unknown command 'buidl'\n(Did you mean build?)\n(run with --help for usage)\n");
+    expect((await rampack(['build', '--qiet'])).stderr).toContain("error: unknown option '--qiet'\n(Did you mean --quiet?)\n");
   });
 
   it('exits 3 for bad input, naming the file and what to do; --debug adds the stack trace', async () => {

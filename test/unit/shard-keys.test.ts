@@ -50,9 +50,10 @@ function randomData(next: Random): Buffer | FileRange {
 
 /** The same range with its stored run moved by a byte (when there is room): other contents, same stored bytes. */
 function movedSparseRun(data: TreeEntry['data']): TreeEntry['data'] {
-  const run = data !== undefined && !Buffer.isBuffer(data) ? data.sparse?.[0] : undefined;
-  if (run === undefined || run.offset + run.size >= data!.size) return data;
-  return { ...(data as FileRange), sparse: [{ offset: run.offset + 1, size: run.size }] };
+  if (data === undefined || Buffer.isBuffer(data)) return data;
+  const run = data.sparse?.[0];
+  if (run === undefined || run.offset + run.size >= data.size) return data;
+  return { ...data, sparse: [{ offset: run.offset + 1, size: run.size }] };
 }
 
 /** A valid tree in walk order: directories d0..d2 at the top, entries of every type in them. */
