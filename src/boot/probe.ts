@@ -43,7 +43,7 @@ const COMPILERS: Record<Arch, Compiler> = {
 /** The helper inits' sources (the programs and guest.h, which they share): native/guest/, two levels above this module whether it runs from src/boot/ or dist/boot/. */
 const GUEST_SOURCES = join(import.meta.dirname, '..', '..', 'native', 'guest');
 
-/** How a helper init is compiled, after the compiler's name: a static binary, the output and source paths follow. */
+/** The compiler flags of a helper init, a static binary (`-o OUTPUT SOURCE` follow). */
 const COMPILE_FLAGS = ['-static', '-O2', '-s', '-Wall'];
 
 /**
