@@ -6,10 +6,10 @@
  */
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { ensureDebianKernel } from '../src/boot/kernel.ts';
 import { bootInitramfs, qemuCommand } from '../src/boot/qemu.ts';
+import { Cache } from '../src/cache/cache.ts';
 import type { Manifest } from '../src/manifest/manifest.ts';
 import { buildTestAgent } from '../test/helpers/agent.ts';
 import { REPO_ROOT } from '../test/helpers/cli.ts';
@@ -47,7 +47,7 @@ if (!hasCommand(qemuCommand('x86_64'))) {
 }
 const entry = (JSON.parse(readFileSync(join(out, 'manifest.json'), 'utf8')) as Manifest).images.find((image) => image.language === 'demo')!;
 step(`booting it as the manifest says (${entry.boot.cmdline}, ${entry.boot.minMemoryMiB} MiB) with Debian's stock kernel in QEMU (TCG); the agent is /init`);
-const kernel = await ensureDebianKernel('x86_64', join(homedir(), '.cache', 'rampack', 'kernels'));
+const kernel = await ensureDebianKernel('x86_64', new Cache());
 const boot = await bootInitramfs({
   arch: 'x86_64',
   kernel,

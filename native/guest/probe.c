@@ -9,41 +9,21 @@
  * reports each step on the console with "RAMPACK-PROBE" lines the host
  * parses, and powers off.
  *
- * The host puts its plan next to this binary, in /.rampack-probe/ (files of
- * NUL-terminated strings, so any byte but NUL passes through):
- *   commands  the smoke command, then the others: for each, its argument
- *             count in decimal, then that many arguments (the slim tracer's
- *             format, src/boot/probe.ts encodeCommands)
- *   workload/ files the commands use, if any
- *   env       the image's environment (from /etc/rampack/image.json)
- *   cwd       the image's working directory
- *   user      the image's user: "", "uid", "uid:gid", "name" or "name:group"
+ * The host puts its plan next to this binary, in /.rampack-probe/ (guest.h
+ * lists the files every helper init reads: commands, env, cwd, user,
+ * workload/); the smoke command comes first among the commands. The probe
+ * alone reads:
  *   headroom  MiB of memory a child process must be able to fill after boot
  *
  * Build: musl-gcc -static -O2 probe.c (x86_64), aarch64-linux-gnu-gcc -static.
  */
 #define _GNU_SOURCE
-#include <elf.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <grp.h>
-#include <net/if.h>
-#include <signal.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/ioctl.h>
-#include <sys/mman.h>
-#include <sys/mount.h>
-#include <sys/reboot.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <termios.h>
-#include <unistd.h>
+#define GUEST_FAILURE "RAMPACK-PROBE fail: "
+#include "guest.h"
 
-#define PLAN_DIR "/.rampack-probe/"
+#include <elf.h>
+#include <sys/mman.h>
+
 #define AGENT "/init"
 
 #if defined(__x86_64__)
@@ -54,70 +34,9 @@
 #error "the probe runs on x86_64 and aarch64 only"
 #endif
 
-/* ---- ending: as pid 1 the probe must never return ----------------------- */
-
-static void power_off(void) {
-    fflush(stdout);
-    tcdrain(STDOUT_FILENO); /* let the serial line empty before the VM stops */
-    sync();
-    reboot(RB_POWER_OFF);
-    for (;;) pause();
-}
-
-static void fail(const char *format, ...) {
-    va_list args;
-    fflush(stdout);
-    printf("RAMPACK-PROBE fail: ");
-    va_start(args, format);
-    vprintf(format, args);
-    va_end(args);
-    printf("\n");
+/* As pid 1 the probe must never return: it ends by powering the VM off. */
+static void finish(void) {
     power_off();
-}
-
-/* ---- reading the plan ---------------------------------------------------- */
-
-/* A whole file, NUL-terminated (an extra NUL ends a list); NULL when missing. */
-static char *read_file(const char *path, size_t *length) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return NULL;
-    size_t capacity = 4096, used = 0;
-    char *buffer = malloc(capacity);
-    for (;;) {
-        if (!buffer) fail("out of memory reading %s", path);
-        if (used + 2 >= capacity) buffer = realloc(buffer, capacity *= 2);
-        if (!buffer) continue;
-        ssize_t got = read(fd, buffer + used, capacity - used - 2);
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) fail("read %s: %s", path, strerror(errno));
-        if (got == 0) break;
-        used += (size_t)got;
-    }
-    close(fd);
-    buffer[used] = buffer[used + 1] = '\0';
-    if (length) *length = used;
-    return buffer;
-}
-
-static char *read_plan(const char *name, size_t *length) {
-    char path[64];
-    snprintf(path, sizeof path, PLAN_DIR "%s", name);
-    char *text = read_file(path, length);
-    if (!text) fail("cannot read the plan file %s: %s", path, strerror(errno));
-    return text;
-}
-
-/* The NUL-terminated strings of a plan file as a NULL-terminated array. */
-static char **plan_list(const char *name) {
-    size_t length;
-    char *text = read_plan(name, &length);
-    size_t count = 0;
-    for (size_t i = 0; i < length; i++) count += text[i] == '\0';
-    char **items = calloc(count + 1, sizeof *items);
-    if (!items) fail("out of memory");
-    char *at = text;
-    for (size_t i = 0; i < count; i++, at += strlen(at) + 1) items[i] = at;
-    return items;
 }
 
 /* ---- the agent ----------------------------------------------------------- */
@@ -172,11 +91,6 @@ static void check_agent(void) {
 
 /* ---- what the guest looks like -------------------------------------------- */
 
-static void mount_pseudo(const char *type, const char *target) {
-    if (mkdir(target, 0755) != 0 && errno != EEXIST) fail("mkdir %s: %s", target, strerror(errno));
-    if (mount(type, target, type, 0, NULL) != 0 && errno != EBUSY) fail("mount %s on %s: %s", type, target, strerror(errno));
-}
-
 /* A /proc/meminfo value in KiB, or -1. */
 static long meminfo(const char *text, const char *field) {
     const char *at = strstr(text, field);
@@ -193,136 +107,40 @@ static void report_start(void) {
     if (mounts) printf("RAMPACK-PROBE rootfs %.*s\n", (int)strcspn(mounts, "\n"), mounts);
 }
 
-/* ---- the image's user ------------------------------------------------------ */
-
-static int all_digits(const char *text) {
-    if (!*text) return 0;
-    for (; *text; text++) if (*text < '0' || *text > '9') return 0;
-    return 1;
-}
-
-/*
- * Field 2 (uid or gid) and field 3 (primary gid) of the line of `name` in an
- * /etc/passwd-style file. Parsed here: glibc's static getpwnam needs NSS
- * libraries the image may not have.
- */
-static int lookup_id(const char *file, const char *name, unsigned *id, unsigned *group) {
-    char *text = read_file(file, NULL);
-    if (!text) return 0;
-    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
-        char *fields[4] = {0};
-        char *rest = line;
-        for (int i = 0; i < 4 && rest; i++) fields[i] = strsep(&rest, ":");
-        if (!fields[2] || strcmp(fields[0], name) != 0) continue;
-        *id = (unsigned)strtoul(fields[2], NULL, 10);
-        if (group && fields[3]) *group = (unsigned)strtoul(fields[3], NULL, 10);
-        return 1;
-    }
-    return 0;
-}
-
-/* Switches to the image's user, as OCI runtimes do: uid, then gid (the user's primary group unless named). */
-static void become_user(char *user) {
-    if (!*user) return;
-    char *group = strchr(user, ':');
-    if (group) *group++ = '\0';
-    unsigned uid = 0, gid = 0;
-    if (all_digits(user)) {
-        uid = (unsigned)strtoul(user, NULL, 10);
-    } else if (!lookup_id("/etc/passwd", user, &uid, &gid)) {
-        fail("user %s is not in the image's /etc/passwd", user);
-    }
-    if (group && all_digits(group)) gid = (unsigned)strtoul(group, NULL, 10);
-    else if (group && !lookup_id("/etc/group", group, &gid, NULL)) fail("group %s is not in the image's /etc/group", group);
-    if (setgroups(0, NULL) != 0 || setgid(gid) != 0 || setuid(uid) != 0) fail("cannot become %u:%u: %s", uid, gid, strerror(errno));
-}
-
 /* ---- the smoke command and the workload ------------------------------------ */
 
-static const char *env_lookup(char **env, const char *name) {
-    size_t length = strlen(name);
-    for (; *env; env++) {
-        if (strncmp(*env, name, length) == 0 && (*env)[length] == '=') return *env + length + 1;
-    }
-    return NULL;
-}
-
-/* execvp with the image's PATH rather than the probe's. */
-static void exec_with_path(char **argv, char **env) {
-    const char *search = strchr(argv[0], '/') ? "" : env_lookup(env, "PATH");
-    if (!search) search = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    if (!*search) execve(argv[0], argv, env);
-    char *paths = strdup(search), *directory;
-    while (paths && (directory = strsep(&paths, ":")) != NULL) {
-        char candidate[4096];
-        snprintf(candidate, sizeof candidate, "%s/%s", *directory ? directory : ".", argv[0]);
-        if (access(candidate, X_OK) == 0) execve(candidate, argv, env);
-    }
-    printf("RAMPACK-PROBE fail: cannot run %s: %s (PATH=%s)\n", argv[0], strerror(errno), search);
-    fflush(stdout);
-    _exit(127);
-}
-
-/* Like a shell: a signal shows as 128 + its number. */
+/* Waits for a child; its status as a shell shows it. */
 static int wait_for(pid_t child) {
     int status;
     while (waitpid(child, &status, 0) < 0) {
         if (errno != EINTR) fail("waitpid: %s", strerror(errno));
     }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return shell_status(status);
 }
 
-/* Loopback up, as an agent would have it: workloads serve and fetch on 127.0.0.1. Not fatal: a command may not need it. */
-static void loopback_up(void) {
-    struct ifreq request = {0};
-    strcpy(request.ifr_name, "lo");
-    int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    int up = sock >= 0 && ioctl(sock, SIOCGIFFLAGS, &request) == 0;
-    request.ifr_flags |= IFF_UP | IFF_RUNNING;
-    if (!up || ioctl(sock, SIOCSIFFLAGS, &request) != 0) printf("RAMPACK-PROBE loopback down: %s\n", strerror(errno));
-    if (sock >= 0) close(sock);
-}
-
-/* Runs command `n` (argv, not yet NULL-terminated after `argc`) as the image's user; returns its status. */
-static int run_command(int n, char **argv, long argc, char **env, const char *cwd, char *user) {
-    printf("RAMPACK-PROBE run-begin %d\n", n);
+/* Runs command `n` as the image's user; returns its status. */
+static int run_command(size_t n, char **argv, const image_settings *image) {
+    printf("RAMPACK-PROBE run-begin %zu\n", n);
     fflush(stdout);
     pid_t child = fork();
     if (child < 0) fail("fork: %s", strerror(errno));
-    if (child == 0) {
-        argv[argc] = NULL; /* the child's copy of the plan: the next command's count ends this one */
-        if (*cwd && chdir(cwd) != 0) {
-            printf("RAMPACK-PROBE fail: chdir %s: %s\n", cwd, strerror(errno));
-            _exit(126);
-        }
-        become_user(user);
-        exec_with_path(argv, env);
-    }
+    if (child == 0) exec_in_image(argv, image);
     int status = wait_for(child);
     /* On a line of its own even after output without a final newline. */
-    printf("\nRAMPACK-PROBE run %d exit=%d\n", n, status);
+    printf("\nRAMPACK-PROBE run %zu exit=%d\n", n, status);
     /* Servers a command left behind must not run into the next command or the memory check. */
-    kill(-1, SIGKILL);
-    while (waitpid(-1, NULL, 0) > 0) {}
+    end_leftovers();
     return status;
 }
 
 /* The smoke command, then the other commands, until one fails. */
 static void run_commands(void) {
-    char **plan = plan_list("commands");
-    char **env = plan_list("env");
-    char *cwd = read_plan("cwd", NULL);
-    char *user = read_plan("user", NULL);
-    if (!plan[0]) fail("the plan has no smoke command");
-    /* The commands' files are read as the image's user, who may not be root. */
-    chmod(PLAN_DIR, 0755);
-    for (int n = 0; *plan; n++) {
-        long argc = strtol(plan[0], NULL, 10);
-        char **argv = plan + 1;
-        if (argc < 1) fail("the plan's command %d has no arguments", n);
-        for (long i = 0; i < argc; i++) if (!argv[i]) fail("the plan's command %d is cut short", n);
-        plan = argv + argc;
-        if (run_command(n, argv, argc, env, cwd, user) != 0) return;
+    size_t count;
+    command *commands = read_commands(&count);
+    if (count == 0) fail("the plan has no smoke command");
+    image_settings image = read_image_settings();
+    for (size_t n = 0; n < count; n++) {
+        if (run_command(n, commands[n].argv, &image) != 0) return;
     }
 }
 
@@ -348,12 +166,11 @@ int main(void) {
         fprintf(stderr, "the rampack probe runs only as a VM's init\n");
         return 2;
     }
-    mount_pseudo("proc", "/proc");
-    mount_pseudo("sysfs", "/sys");
-    mount_pseudo("devtmpfs", "/dev");
+    mount_pseudo_filesystems();
     report_start();
     check_agent();
-    loopback_up();
+    /* Not fatal: a command may not need it. */
+    if (loopback_up() != 0) printf("RAMPACK-PROBE loopback down: %s\n", strerror(errno));
     run_commands();
     run_workload();
     printf("RAMPACK-PROBE done\n");

@@ -14,7 +14,7 @@ import { AGENT_PATH, readInitramfs, type InitramfsContents } from '../inspect/in
 import type { BootRequirements, ManifestImage } from '../manifest/manifest.ts';
 import { formatDuration } from '../util/log.ts';
 import { treeFootprint, WORKLOAD_HEADROOM_MIB } from './memory.ts';
-import { probedInitramfs, type HelperFile, type ProbedInitramfs } from './probe.ts';
+import { imageSettings, probedInitramfs, type HelperFile, type ProbedInitramfs } from './probe.ts';
 import { bootInitramfs } from './qemu.ts';
 import { bootRequirements } from './requirements.ts';
 
@@ -119,23 +119,6 @@ const UNPACK_FAILED = /Initramfs unpacking failed: ([^\n]*)/;
 const OUT_OF_MEMORY = /System is deadlocked on memory|Out of memory[^\n]*|oom-kill[^\n]*/;
 const PANIC = /Kernel panic - not syncing: ([^\n]*)/;
 
-/** The image's own settings for the smoke command, from its /etc/rampack/image.json. */
-interface ImageSettings {
-  env: string[];
-  workingDir: string;
-  user: string;
-}
-
-function imageSettings(contents: InitramfsContents, file: string): ImageSettings {
-  const image = contents.imageJson as Partial<ImageSettings> | undefined;
-  if (image === undefined) {
-    throw new InputError(`${file} has no /etc/rampack/image.json: the probe takes the env, working directory and user from it`, {
-      hint: 'boot an initramfs that rampack built',
-    });
-  }
-  return { env: image.env ?? [], workingDir: image.workingDir || '/', user: image.user ?? '' };
-}
-
 /** The boot contract the build would publish for this file (same rule): for files given without a manifest. */
 export function requirementsOf(contents: InitramfsContents, arch: Arch): BootRequirements {
   const stored = contents.entries.map((entry) => ({ type: entry.type, size: entry.hardLinkOf === undefined ? entry.size : 0 }));
@@ -168,9 +151,8 @@ export interface PreparedTarget {
 export async function prepareTarget(target: BootTarget, options: Pick<BootCheckOptions, 'smoke' | 'workload' | 'cacheDir'>): Promise<PreparedTarget> {
   const contents = await readInitramfs(target.file);
   checkAgentDigest(target, contents);
-  const settings = imageSettings(contents, target.file);
   const boot = target.boot ?? requirementsOf(contents, target.arch);
-  const plan = { arch: target.arch, commands: probeCommands(options), files: options.workload?.files ?? [], ...settings, headroomMiB: WORKLOAD_HEADROOM_MIB };
+  const plan = { arch: target.arch, commands: probeCommands(options), files: options.workload?.files ?? [], ...imageSettings(contents), headroomMiB: WORKLOAD_HEADROOM_MIB };
   return { target, boot, probed: await probedInitramfs(target.file, plan, options.cacheDir) };
 }
 

@@ -2,12 +2,14 @@
  * Debian's stock kernel, for booting initramfs images under QEMU. Debian
  * builds every initramfs codec in (gzip, zstd, xz, lz4...), so it can boot
  * whatever rampack writes. The package is fetched once with apt-get and the
- * vmlinuz kept in a cache directory.
+ * vmlinuz kept in the cache's kernels/<arch>/ folder; every use touches it,
+ * so `rampack cache prune --older-than` keeps a kernel in use.
  */
 import { execFile } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import type { Cache } from '../cache/cache.ts';
 import { InputError } from '../errors.ts';
 import { OCI_ARCH, type Arch } from '../oci/content.ts';
 import { writeAtomically } from '../util/atomic.ts';
@@ -16,11 +18,15 @@ const run = promisify(execFile);
 
 const PASS_A_KERNEL = 'pass the path of a kernel image (vmlinuz) for this architecture instead';
 
-/** Returns a vmlinuz for `arch`, downloading Debian's kernel package into `cacheDir` the first time. */
-export async function ensureDebianKernel(arch: Arch, cacheDir: string): Promise<string> {
-  const archDir = join(cacheDir, arch);
+/** Returns a vmlinuz for `arch`, downloading Debian's kernel package into `cache` the first time. */
+export async function ensureDebianKernel(arch: Arch, cache: Cache): Promise<string> {
+  const archDir = cache.kernelDir(arch);
   const cached = await findCachedKernel(archDir);
-  if (cached !== undefined) return cached;
+  if (cached !== undefined) {
+    // A use like any other: its last use is what `cache prune` goes by.
+    await cache.touch(cached);
+    return cached;
+  }
 
   const debianArch = OCI_ARCH[arch];
   if (debianArch !== (await hostDebianArch())) await addForeignArch(debianArch);

@@ -51,7 +51,7 @@ function commandsOf(target: BuildTarget): string[][] {
 }
 
 async function boot(target: BuildTarget, image: ManifestImage, mode: TracerMode, { options, flags, log }: Context): Promise<TracerRun> {
-  const kernel = flags.kernel ? resolve(flags.kernel) : await ensureDebianKernel(target.arch, options.cache.folder('kernels'));
+  const kernel = flags.kernel ? resolve(flags.kernel) : await ensureDebianKernel(target.arch, options.cache);
   const memoryMiB = flags.memory ?? workloadMemoryMiB(image);
   log.info(`${targetLabel(target)}: booting ${image.file} with the tracer (${mode}, ${memoryMiB} MiB)`);
   return runTracer({

@@ -94,7 +94,7 @@ function kernelFor(arch: Arch, flags: VerifyFlags, recipeKernels: RecipeSettings
   const recipeKernel = recipeKernels?.[arch];
   const given = byArch[arch] ?? all ?? (recipeKernel === undefined ? undefined : resolve(recipeKernel));
   if (given !== undefined) return Promise.resolve(given);
-  return ensureDebianKernel(arch, new Cache(flags.cache).folder('kernels'));
+  return ensureDebianKernel(arch, new Cache(flags.cache));
 }
 
 function resultLine(check: BootCheck): string {

@@ -4,15 +4,17 @@
  * command's exit status, and the paths the commands opened ("trace" mode) or
  * failed to find ("missing" mode). The tracer is a helper init
  * (src/boot/probe.ts): compiled for the target arch at first use into the
- * cache, appended with its commands and the workload's files as one more
- * archive to a temporary copy of the initramfs, and started with rdinit=, so
- * the exact built bytes are what boots, with the entry's boot.cmdline.
+ * cache, appended with its plan (the commands, the image's env, working
+ * directory and user from its image.json, the mode) and the workload's files
+ * as one more archive to a temporary copy of the initramfs, and started with
+ * rdinit=, so the exact built bytes are what boots, with the entry's
+ * boot.cmdline.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
-import { appendHelperInit, compileHelperInit, encodeCommands, type HelperFile } from '../boot/probe.ts';
+import { appendHelperInit, compileHelperInit, encodeCommands, helperPlanFiles, imageSettings, type HelperFile } from '../boot/probe.ts';
 import { bootInitramfs } from '../boot/qemu.ts';
 import { InputError } from '../errors.ts';
 import { AGENT_PATH, IMAGE_JSON_PATH, readInitramfs } from '../inspect/initramfs.ts';
@@ -137,16 +139,14 @@ export function parseTracerOutput(output: string, mode: TracerMode, timedOut: bo
 
 /** Boots the initramfs with the tracer as init and runs the commands. */
 export async function runTracer(options: TracerOptions): Promise<TracerRun> {
+  const settings = imageSettings(await readInitramfs(options.initramfs));
+  const plan = helperPlanFiles({ commands: options.commands, ...settings }, { mode: options.mode });
   const tracer = await compileHelperInit(TRACER_SOURCE, options.arch, options.cacheDir);
   const workload = await workloadHelperFiles(options.workloadFiles);
   const work = await mkdtemp(join(tmpdir(), 'rampack-slim-'));
   try {
     const initrd = join(work, 'initramfs');
-    const init = await appendHelperInit(options.initramfs, initrd, tracer, [
-      { name: 'commands', data: encodeCommands(options.commands) },
-      { name: 'mode', data: Buffer.from(options.mode) },
-      ...workload,
-    ]);
+    const init = await appendHelperInit(options.initramfs, initrd, tracer, [...plan, ...workload]);
     const boot = await bootInitramfs({
       arch: options.arch,
       kernel: options.kernel,

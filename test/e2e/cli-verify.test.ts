@@ -169,7 +169,7 @@ describe('rampack verify --boot', { timeout: TEST_TIMEOUT_MS }, () => {
     const file = join(out, 'lang-1.0-x86_64.cpio.gz');
     const result = await runRampack(['verify', '--boot', file, '--smoke', 'lang-hello', '--kernel', kernel, '--cache', join(work, 'empty-cache')], { env: { PATH: bin } });
     expect(result.code).toBe(3);
-    expect(result.stderr).toContain('rampack: error: musl-gcc is not installed: it compiles the boot probe for x86_64 guests');
+    expect(result.stderr).toContain("rampack: error: musl-gcc is not installed: it compiles rampack's helper init probe.c for x86_64 guests");
     expect(result.stderr).toContain('rampack: hint: install it with: apt-get install musl-tools');
   });
 

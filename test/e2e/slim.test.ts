@@ -193,11 +193,11 @@ describe('rampack slim on a Python image from Debian packages', () => {
 });
 
 describe('the tracer on aarch64', () => {
-  it('records what a command opens in an aarch64 image under qemu-system-aarch64 -M virt', async () => {
+  it('records what a command opens in an aarch64 image under qemu-system-aarch64 -M virt, run as the image\'s user with its env and working directory', async () => {
     ensureTools(TOOLS.qemuArm);
     const layout = join(work, 'arm-layout');
     const out = join(work, 'arm-out');
-    await writeOciLayout(layout, languageImageSpec('arm64'), '1.0');
+    await writeOciLayout(layout, { ...languageImageSpec('arm64'), user: 'nobody' }, '1.0');
     const built = await runRampack(['build', '--image', `oci:${layout}:1.0`, '--agent', await buildTestAgent('aarch64'), '--arch', 'aarch64', '--language', 'lang', '--version', '1.0', '--compression', 'zstd', '--out', out, '--cache', cache]);
     expect(built.code).toBe(0);
     const [image] = (await manifestOf(out)).images;
@@ -213,6 +213,8 @@ describe('the tracer on aarch64', () => {
       timeoutMs: 600_000,
     });
     expect(run.output).toContain('patched motd');
+    // lang-hello is found on the image's PATH and prints LANG_VERSION, the working directory and the uid (nobody is 65534).
+    expect(run.output).toContain('hello from lang 1.0 in /srv as 65534');
     expect(run.exits).toEqual([0, 0]);
     expect(run.paths).toEqual(expect.arrayContaining(['/bin/busybox', '/etc/motd', '/opt/lang/bin/lang-hello']));
   }, 900_000);

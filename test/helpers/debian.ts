@@ -3,11 +3,12 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { Cache } from '../../src/cache/cache.ts';
 import { APT_OPTIONS } from './system.ts';
 
 export const TEST_CACHE = join(homedir(), '.cache', 'rampack-test');
-/** Debian kernels for boot tests (src/boot/kernel.ts fills it). */
-export const KERNEL_CACHE = join(TEST_CACHE, 'kernels');
+/** The cache whose kernels/ folder holds the Debian kernels for boot tests (src/boot/kernel.ts fills it); `--cache TEST_CACHE` finds them. */
+export const KERNEL_CACHE = new Cache(TEST_CACHE);
 
 /** Debian's name for the machine's own architecture (the same as OCI's for amd64 and arm64). */
 const HOST_DEBIAN_ARCH = process.arch === 'arm64' ? 'arm64' : 'amd64';
