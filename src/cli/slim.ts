@@ -98,11 +98,13 @@ async function traceAndProve(target: BuildTarget, context: Context): Promise<Man
   );
   log.info(`${label}: wrote ${traceFile} (${paths.length} paths)`);
   const slim = await buildTarget(await withPulledAgent({ ...target, variant: 'slim' }, options), options);
-  const proof = await boot(target, slim, 'missing', context);
+  // The proof runs under fanotify, which costs little; only a failure boots again under ptrace ("missing" mode,
+  // several times slower on a compiler) to learn which lookups failed.
+  const proof = await boot(target, slim, 'trace', context);
   const failedSlim = failures(target, proof);
   if (failedSlim.length > 0) {
-    const missing = missingFromSlim(proof, inImage);
     log.warn(`${label} slim: console:\n${proof.output.slice(-4000)}`);
+    const missing = missingFromSlim(await boot(target, slim, 'missing', context), inImage);
     throw new VerificationError(`${label} slim: ${failedSlim.join('; ')}${missing.length > 0 ? `; missing from the slim image: ${missing.join(', ')}` : ''}`, {
       hint: 'add what it needs to slim.keep in the recipe (globs), then run rampack slim again',
     });

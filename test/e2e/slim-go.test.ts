@@ -1,0 +1,139 @@
+/**
+ * Slim variants of a compiled language's image: an image built like the
+ * official golang image from Debian packages (test/helpers/interpreter-image.ts:
+ * the base with perl and python as buildpack-deps:scm has them, Go 1.19 at
+ * /usr/local/go with its sources and precompiled packages, gcc and binutils
+ * for cgo). `rampack slim` traces `go build`, the built service and
+ * `go test` (which runs vet, and compiles runtime/cgo with gcc) under QEMU;
+ * the slim image keeps the toolchain and the standard library's sources but
+ * only the precompiled packages the workload used, as Go >= 1.20 images ship
+ * none. Then a program the workload never compiled (other packages, cgo)
+ * compiles and runs in the slim image, and `rampack build` makes the same
+ * slim bytes from the trace without booting.
+ */
+import { cp, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { ensureDebianKernel } from '../../src/boot/kernel.ts';
+import type { Manifest } from '../../src/manifest/manifest.ts';
+import { readTraceFile } from '../../src/slim/trace-file.ts';
+import { runTracer, workloadMemoryMiB } from '../../src/slim/tracer.ts';
+import { buildTestAgent } from '../helpers/agent.ts';
+import { REPO_ROOT, runRampack } from '../helpers/cli.ts';
+import { KERNEL_CACHE } from '../helpers/debian.ts';
+import { golangImageSpec } from '../helpers/interpreter-image.ts';
+import { writeOciLayout } from '../helpers/oci-builder.ts';
+import { ensureTools, TOOLS } from '../helpers/system.ts';
+import { testDirectory } from '../helpers/temp.ts';
+
+const work = testDirectory('slim-go');
+const cache = join(work, 'cache');
+const traced = join(work, 'traced');
+let kernel: string;
+let recipe: string;
+/** rampack runs that boot VMs compiling Go under TCG: minutes alone, bounded so that a hung VM fails the test. */
+const BOOTING_RUN = { deadlineMs: 1_200_000 };
+
+/** The Go toolchain and what cgo needs, without the precompiled packages (kept only as traced) and the tools no build runs. */
+const KEEP = [
+  'usr/lib/go-1.19/VERSION',
+  'usr/lib/go-1.19/bin/**',
+  'usr/lib/go-1.19/pkg/include',
+  ...['compile', 'link', 'asm', 'cgo', 'vet', 'buildid', 'pack', 'cover', 'test2json'].map((tool) => `usr/lib/go-1.19/pkg/tool/*/${tool}`),
+  'usr/share/go-1.19/src/**',
+  '"!usr/share/go-1.19/src/**/*_test.go"',
+  '"!usr/share/go-1.19/src/**/testdata/**"',
+  'usr/include/**',
+  'usr/lib/gcc/**',
+  '"!usr/lib/gcc/**/lto1"',
+  'usr/bin/*gcc*',
+  'usr/bin/cc',
+  'usr/bin/*-linux-gnu-as',
+  'usr/bin/*-linux-gnu-ld*',
+  'usr/bin/as',
+  'usr/bin/ld*',
+  'usr/lib/*-linux-gnu/*crt*.o',
+  'usr/lib/*-linux-gnu/libc.so',
+  'usr/lib/*-linux-gnu/libc_nonshared.a',
+];
+
+beforeAll(async () => {
+  ensureTools(TOOLS.qemuX86);
+  kernel = await ensureDebianKernel('x86_64', KERNEL_CACHE);
+  const layout = join(work, 'layout');
+  await writeOciLayout(layout, golangImageSpec());
+  const workload = join(work, 'recipe', 'workloads', 'go');
+  await mkdir(workload, { recursive: true });
+  await cp(join(REPO_ROOT, 'recipes', 'workloads', 'go'), workload, { recursive: true });
+  // The shipped workload is written for current Go; its code is Go 1.19 too, only the module's go line is not.
+  await writeFile(join(workload, 'go.mod'), 'module example.com/service\n\ngo 1.19\n');
+  recipe = join(work, 'recipe', 'go.yaml');
+  await writeFile(recipe, `language: go
+image: oci:${layout}
+versions: [{version: "1.19", tag: latest}]
+arches: [x86_64]
+agent: ${await buildTestAgent('x86_64')}
+compression: zstd
+smoke: [go, version]
+slim:
+  files: workloads/go
+  workload:
+    - [sh, -c, "cd /.rampack-probe/workload && go build -o /tmp/service ."]
+    - [/tmp/service]
+    - [sh, -c, "cd /.rampack-probe/workload && go test ./..."]
+  keep:
+${KEEP.map((glob) => `    - ${glob}`).join('\n')}
+`);
+}, 600_000);
+
+async function manifestOf(out: string): Promise<Manifest> {
+  return JSON.parse(await readFile(join(out, 'manifest.json'), 'utf8')) as Manifest;
+}
+
+describe('rampack slim on a Go image from Debian packages', () => {
+  it('traces go build, the service and go test; the slim variant unpacks to at most half and boots in less memory', async () => {
+    const result = await runRampack(['slim', recipe, '--out', traced, '--cache', cache, '--kernel', kernel], BOOTING_RUN);
+    expect(result.stderr).toContain('every command passed in the slim image');
+    expect(result.code).toBe(0);
+    const manifest = await manifestOf(traced);
+    const [full, slim] = [manifest.images.find((i) => !i.variant)!, manifest.images.find((i) => i.variant === 'slim')!];
+    expect(slim.uncompressedSize).toBeLessThanOrEqual(full.uncompressedSize / 2);
+    expect(slim.boot.minMemoryMiB).toBeLessThan(full.boot.minMemoryMiB);
+
+    const trace = await readTraceFile(join(work, 'recipe', 'traces', 'go-1.19-x86_64.trace'));
+    expect(trace.manifestDigest).toBe(full.source.manifestDigest);
+    // The compiler and linker the go command ran, the packages it linked, and cgo's C compiler (go test builds runtime/cgo).
+    expect(trace.paths).toEqual(expect.arrayContaining([
+      'usr/lib/go-1.19/bin/go', 'usr/lib/go-1.19/pkg/tool/linux_amd64/compile', 'usr/lib/go-1.19/pkg/tool/linux_amd64/link',
+      'usr/lib/go-1.19/pkg/linux_amd64/net/http.a', 'usr/lib/gcc/x86_64-linux-gnu/12/cc1',
+    ]));
+    expect(trace.paths.some((path) => path.startsWith('usr/bin/perl') || path.startsWith('usr/lib/python3'))).toBe(false);
+  }, 1_500_000);
+
+  it('compiles and runs a standard-library program the workload never compiled (other packages, cgo) in the slim image', async () => {
+    const slim = (await manifestOf(traced)).images.find((image) => image.variant === 'slim')!;
+    const run = await runTracer({
+      arch: 'x86_64',
+      kernel,
+      initramfs: join(traced, slim.file),
+      cmdline: slim.boot.cmdline,
+      commands: [['sh', '-c', 'cd /.rampack-probe/workload && go run .']],
+      workloadFiles: join(REPO_ROOT, 'test', 'fixtures', 'slim-go'),
+      mode: 'trace',
+      cacheDir: cache,
+      memoryMiB: workloadMemoryMiB(slim),
+      timeoutMs: 1_200_000,
+    });
+    expect(run.output).toContain('other program ok <item name="slim"></item> hello from zip ok via text/template <b>&lt;escaped&gt;</b> 2 1 true root');
+    expect(run.exits).toEqual([0]);
+  }, 1_500_000);
+
+  it('builds the same slim bytes from the committed trace without booting', async () => {
+    const rebuilt = join(work, 'rebuilt');
+    const result = await runRampack(['build', recipe, '--out', rebuilt, '--cache', cache]);
+    expect(result.code, result.stderr).toBe(0);
+    for (const file of ['go-1.19-x86_64-slim.cpio.zst', 'go-1.19-x86_64.cpio.zst']) {
+      expect((await readFile(join(rebuilt, file))).equals(await readFile(join(traced, file))), file).toBe(true);
+    }
+  }, 600_000);
+});
