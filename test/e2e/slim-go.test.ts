@@ -11,7 +11,7 @@
  * compiles and runs in the slim image, and `rampack build` makes the same
  * slim bytes from the trace without booting.
  */
-import { cp, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
@@ -21,7 +21,7 @@ import { runTracer, workloadMemoryMiB } from '../../src/slim/tracer.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
 import { REPO_ROOT, runRampack } from '../helpers/cli.ts';
 import { KERNEL_CACHE } from '../helpers/debian.ts';
-import { golangImageSpec } from '../helpers/interpreter-image.ts';
+import { golangImageSpec, writeGolangSlimRecipe } from '../helpers/interpreter-image.ts';
 import { writeOciLayout } from '../helpers/oci-builder.ts';
 import { ensureTools, TOOLS } from '../helpers/system.ts';
 import { testDirectory } from '../helpers/temp.ts';
@@ -34,56 +34,12 @@ let recipe: string;
 /** rampack runs that boot VMs compiling Go under TCG: minutes alone, bounded so that a hung VM fails the test. */
 const BOOTING_RUN = { deadlineMs: 1_200_000 };
 
-/** The Go toolchain and what cgo needs, without the precompiled packages (kept only as traced) and the tools no build runs. */
-const KEEP = [
-  'usr/lib/go-1.19/VERSION',
-  'usr/lib/go-1.19/bin/**',
-  'usr/lib/go-1.19/pkg/include',
-  ...['compile', 'link', 'asm', 'cgo', 'vet', 'buildid', 'pack', 'cover', 'test2json'].map((tool) => `usr/lib/go-1.19/pkg/tool/*/${tool}`),
-  'usr/share/go-1.19/src/**',
-  '"!usr/share/go-1.19/src/**/*_test.go"',
-  '"!usr/share/go-1.19/src/**/testdata/**"',
-  'usr/include/**',
-  'usr/lib/gcc/**',
-  '"!usr/lib/gcc/**/lto1"',
-  'usr/bin/*gcc*',
-  'usr/bin/cc',
-  'usr/bin/*-linux-gnu-as',
-  'usr/bin/*-linux-gnu-ld*',
-  'usr/bin/as',
-  'usr/bin/ld*',
-  'usr/lib/*-linux-gnu/*crt*.o',
-  'usr/lib/*-linux-gnu/libc.so',
-  'usr/lib/*-linux-gnu/libc_nonshared.a',
-];
-
 beforeAll(async () => {
   ensureTools(TOOLS.qemuX86);
   kernel = await ensureDebianKernel('x86_64', KERNEL_CACHE);
   const layout = join(work, 'layout');
   await writeOciLayout(layout, golangImageSpec());
-  const workload = join(work, 'recipe', 'workloads', 'go');
-  await mkdir(workload, { recursive: true });
-  await cp(join(REPO_ROOT, 'recipes', 'workloads', 'go'), workload, { recursive: true });
-  // The shipped workload is written for current Go; its code is Go 1.19 too, only the module's go line is not.
-  await writeFile(join(workload, 'go.mod'), 'module example.com/service\n\ngo 1.19\n');
-  recipe = join(work, 'recipe', 'go.yaml');
-  await writeFile(recipe, `language: go
-image: oci:${layout}
-versions: [{version: "1.19", tag: latest}]
-arches: [x86_64]
-agent: ${await buildTestAgent('x86_64')}
-compression: zstd
-smoke: [go, version]
-slim:
-  files: workloads/go
-  workload:
-    - [sh, -c, "cd /.rampack-probe/workload && go build -o /tmp/service ."]
-    - [/tmp/service]
-    - [sh, -c, "cd /.rampack-probe/workload && go test ./..."]
-  keep:
-${KEEP.map((glob) => `    - ${glob}`).join('\n')}
-`);
+  recipe = await writeGolangSlimRecipe(join(work, 'recipe'), layout, await buildTestAgent('x86_64'));
 }, 600_000);
 
 async function manifestOf(out: string): Promise<Manifest> {

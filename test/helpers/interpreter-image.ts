@@ -13,7 +13,9 @@
  * Files keep their modes, symlinks and hard links (perl).
  */
 import { lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { cp, mkdir, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
+import { REPO_ROOT } from './cli.ts';
 import { debianPackageRoot } from './debian.ts';
 import type { ImageSpec, TarEntrySpec } from './oci-builder.ts';
 
@@ -113,4 +115,58 @@ export function golangImageSpec(): ImageSpec {
     workingDir: '/go',
     cmd: ['bash'],
   };
+}
+
+/** The Go toolchain and what cgo needs, without the precompiled packages (kept only as traced) and the tools no build runs. */
+const GOLANG_SLIM_KEEP = [
+  'usr/lib/go-1.19/VERSION',
+  'usr/lib/go-1.19/bin/**',
+  'usr/lib/go-1.19/pkg/include',
+  ...['compile', 'link', 'asm', 'cgo', 'vet', 'buildid', 'pack', 'cover', 'test2json'].map((tool) => `usr/lib/go-1.19/pkg/tool/*/${tool}`),
+  'usr/share/go-1.19/src/**',
+  '"!usr/share/go-1.19/src/**/*_test.go"',
+  '"!usr/share/go-1.19/src/**/testdata/**"',
+  'usr/include/**',
+  'usr/lib/gcc/**',
+  '"!usr/lib/gcc/**/lto1"',
+  'usr/bin/*gcc*',
+  'usr/bin/cc',
+  'usr/bin/*-linux-gnu-as',
+  'usr/bin/*-linux-gnu-ld*',
+  'usr/bin/as',
+  'usr/bin/ld*',
+  'usr/lib/*-linux-gnu/*crt*.o',
+  'usr/lib/*-linux-gnu/libc.so',
+  'usr/lib/*-linux-gnu/libc_nonshared.a',
+];
+
+/**
+ * Writes a recipe for the Go image at `layout` into `dir` (go.yaml, with the
+ * shipped Go workload in workloads/go) whose slim section builds and tests
+ * the workload: what the slim tests and the bench trace. Returns its path.
+ */
+export async function writeGolangSlimRecipe(dir: string, layout: string, agent: string): Promise<string> {
+  const workload = join(dir, 'workloads', 'go');
+  await mkdir(workload, { recursive: true });
+  await cp(join(REPO_ROOT, 'recipes', 'workloads', 'go'), workload, { recursive: true });
+  // The shipped workload is written for current Go; its code is Go 1.19 too, only the module's go line is not.
+  await writeFile(join(workload, 'go.mod'), 'module example.com/service\n\ngo 1.19\n');
+  const recipe = join(dir, 'go.yaml');
+  await writeFile(recipe, `language: go
+image: oci:${layout}
+versions: [{version: "1.19", tag: latest}]
+arches: [x86_64]
+agent: ${agent}
+compression: zstd
+smoke: [go, version]
+slim:
+  files: workloads/go
+  workload:
+    - [sh, -c, "cd /.rampack-probe/workload && go build -o /tmp/service ."]
+    - [/tmp/service]
+    - [sh, -c, "cd /.rampack-probe/workload && go test ./..."]
+  keep:
+${GOLANG_SLIM_KEEP.map((glob) => `    - ${glob}`).join('\n')}
+`);
+  return recipe;
 }
