@@ -17,13 +17,13 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { ensureDebianKernel } from '../../src/boot/kernel.ts';
 import type { Manifest } from '../../src/manifest/manifest.ts';
 import { readTraceFile } from '../../src/slim/trace-file.ts';
-import { runTracer, workloadMemoryMiB } from '../../src/slim/tracer.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
 import { REPO_ROOT, runRampack } from '../helpers/cli.ts';
 import { KERNEL_CACHE } from '../helpers/debian.ts';
 import { golangImageSpec, writeGolangSlimRecipe } from '../helpers/interpreter-image.ts';
 import { writeOciLayout } from '../helpers/oci-builder.ts';
 import { ensureTools, TOOLS } from '../helpers/system.ts';
+import { runInSlimImage } from '../helpers/slim-run.ts';
 import { testDirectory } from '../helpers/temp.ts';
 
 const work = testDirectory('slim-go');
@@ -68,16 +68,14 @@ describe('rampack slim on a Go image from Debian packages', () => {
 
   it('compiles and runs a standard-library program the workload never compiled (other packages, cgo) in the slim image', async () => {
     const slim = (await manifestOf(traced)).images.find((image) => image.variant === 'slim')!;
-    const run = await runTracer({
-      arch: 'x86_64',
-      kernel,
-      initramfs: join(traced, slim.file),
-      cmdline: slim.boot.cmdline,
+    const run = await runInSlimImage({
+      image: slim,
+      out: traced,
       commands: [['sh', '-c', 'cd /.rampack-probe/workload && go run .']],
       workloadFiles: join(REPO_ROOT, 'test', 'fixtures', 'slim-go'),
       mode: 'trace',
+      kernel,
       cacheDir: cache,
-      memoryMiB: workloadMemoryMiB(slim),
       timeoutMs: 1_200_000,
     });
     expect(run.output).toContain('other program ok <item name="slim"></item> hello from zip ok via text/template <b>&lt;escaped&gt;</b> 2 1 true root');

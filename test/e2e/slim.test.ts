@@ -27,6 +27,7 @@ import { languageImageSpec } from '../helpers/images.ts';
 import { interpreterImageSpec } from '../helpers/interpreter-image.ts';
 import { writeOciLayout } from '../helpers/oci-builder.ts';
 import { ensureTools, TOOLS } from '../helpers/system.ts';
+import { runInSlimImage } from '../helpers/slim-run.ts';
 import { testDirectory } from '../helpers/temp.ts';
 
 const work = testDirectory('slim');
@@ -151,16 +152,14 @@ describe('rampack slim on a Python image from Debian packages', () => {
 
   it('runs a standard-library program that is not in the workload in the slim image', async () => {
     const slim = (await manifestOf(traced)).images.find((image) => image.variant === 'slim')!;
-    const run = await runTracer({
-      arch: 'x86_64',
-      kernel,
-      initramfs: join(traced, slim.file),
-      cmdline: slim.boot.cmdline,
+    const run = await runInSlimImage({
+      image: slim,
+      out: traced,
       commands: [['python3', '/.rampack-probe/workload/other.py']],
       workloadFiles: join(REPO_ROOT, 'test', 'fixtures', 'slim'),
       mode: 'missing',
+      kernel,
       cacheDir: cache,
-      memoryMiB: workloadMemoryMiB(slim),
       timeoutMs: 600_000,
     });
     expect(run.output).toContain('other program ok');
