@@ -122,7 +122,7 @@ class TreeBuilder {
       const [name, node] = next.value;
       const path = joinPath(top.prefix, name);
       entries.push(treeEntry(path, node));
-      for (const [xattr, value] of Object.entries(node.xattrs ?? {})) droppedXattrs.push({ path, name: xattr, value });
+      if (node.xattrs !== undefined) for (const [xattr, value] of Object.entries(node.xattrs)) droppedXattrs.push({ path, name: xattr, value });
       if (node.children !== undefined) stack.push({ prefix: path, children: byName(node.children) });
     }
     return { entries, warnings: this.warnings, droppedXattrs };
@@ -296,7 +296,6 @@ function classify(path: string): 'whiteout' | 'skip' | 'entry' {
   return name.startsWith(WHITEOUT_PREFIX) ? 'whiteout' : 'entry';
 }
 
-/** A directory's children sorted by name; layers in walk order insert them sorted already. */
 /**
  * The node as an entry at `path`: its fields but children, each optional one
  * only when set. Field by field, not `{ path, ...rest }`: a rest copy costs a
@@ -316,6 +315,7 @@ function treeEntry(path: string, node: Node): TreeEntry {
   return entry;
 }
 
+/** A directory's children sorted by name; layers in walk order insert them sorted already. */
 function byName(children: Map<string, Node>): Iterator<[string, Node]> {
   const list = [...children];
   const sorted = list.every(([name], index) => index === 0 || list[index - 1]![0] < name);

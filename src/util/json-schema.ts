@@ -9,9 +9,20 @@ import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 // The schemas are rampack's own, checked against the JSON Schema meta-schema by
 // test/unit/schemas.test.ts: compiling the meta-schema on every run would cost each command ~17 ms.
 const ajv = new Ajv({ allErrors: true, validateSchema: false });
+const schemas = new Map<string, Promise<SchemaObject>>();
 const validators = new Map<string, Promise<ValidateFunction>>();
 
 type SchemaObject = Record<string, unknown>;
+
+/** schemas/`schemaName`, read and parsed once. */
+function schemaDocument(schemaName: string): Promise<SchemaObject> {
+  let schema = schemas.get(schemaName);
+  if (!schema) {
+    schema = readFile(new URL(`../../schemas/${schemaName}`, import.meta.url), 'utf8').then((text) => JSON.parse(text) as SchemaObject);
+    schemas.set(schemaName, schema);
+  }
+  return schema;
+}
 
 /**
  * The validator of the whole schema, or of the part at JSON pointer `pointer` ("/properties/language"),
@@ -23,28 +34,29 @@ function validatorOf(schemaName: string, pointer = ''): Promise<ValidateFunction
   const key = `${schemaName}#${pointer}`;
   let validator = validators.get(key);
   if (!validator) {
-    validator = readFile(new URL(`../../schemas/${schemaName}`, import.meta.url), 'utf8').then((text) => {
-      const schema = JSON.parse(text) as SchemaObject;
-      return ajv.compile(pointer === '' ? schema : { ...schemaPart(schema, pointer, schemaName), definitions: schema.definitions });
-    });
+    validator = schemaDocument(schemaName).then((schema) =>
+      ajv.compile(pointer === '' ? schema : { ...schemaPart(schema, pointer, schemaName), definitions: schema.definitions }),
+    );
     validators.set(key, validator);
   }
   return validator;
 }
 
+/** "/versions/1/tag" -> ["versions", "1", "tag"], "~1" and "~0" decoded. */
+function pointerTokens(pointer: string): string[] {
+  return pointer.split('/').slice(1).map((token) => token.replace(/~1/g, '/').replace(/~0/g, '~'));
+}
+
 function schemaPart(schema: SchemaObject, pointer: string, schemaName: string): SchemaObject {
   let part: unknown = schema;
-  for (const token of pointer.split('/').slice(1)) {
-    part = (part as SchemaObject | undefined)?.[token.replace(/~1/g, '/').replace(/~0/g, '~')];
-  }
+  for (const token of pointerTokens(pointer)) part = (part as SchemaObject | undefined)?.[token];
   if (typeof part !== 'object' || part === null) throw new Error(`${schemaName} has no ${pointer}`);
   return part as SchemaObject;
 }
 
 /** "/versions/1/tag" -> "versions[1].tag" */
 function fieldName(pointer: string): string {
-  const parts = pointer.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-  return parts.reduce((name, part) => (/^\d+$/.test(part) ? `${name}[${part}]` : name ? `${name}.${part}` : part), '');
+  return pointerTokens(pointer).reduce((name, part) => (/^\d+$/.test(part) ? `${name}[${part}]` : name ? `${name}.${part}` : part), '');
 }
 
 function describeError(error: ErrorObject, topLevel = '(top level)'): string {
