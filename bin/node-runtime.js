@@ -1,7 +1,6 @@
 // Finding a Node that can run rampack (>= 22.15: zstd in node:zlib), for the
 // launcher (rampack.js) and the install script (install.js). Plain
 // JavaScript that any Node parses, so that an older one can say what to do.
-import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import module from 'node:module';
 import { dirname, join } from 'node:path';
@@ -41,6 +40,8 @@ export function rerunUnderRecentNode(script, args, nodeFlags = []) {
     );
     process.exit(1);
   }
+  // Required here, not imported: only a Node too old for rampack needs it.
+  const { spawnSync } = module.createRequire(import.meta.url)('node:child_process');
   const result = spawnSync(pinned, [...nodeFlags, script, ...args], { stdio: 'inherit' });
   process.exit(result.status ?? 1);
 }

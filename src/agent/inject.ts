@@ -7,7 +7,7 @@
 import { InputError } from '../errors.ts';
 import type { Arch, ResolvedImage } from '../oci/content.ts';
 import type { SlimSummary } from '../tree/transforms.ts';
-import { displayPath, parentPath, sortByTreePath, type TreeEntry } from '../tree/entry.ts';
+import { displayPath, parentPath, sortByTreePath, sortedIndexOf, type TreeEntry } from '../tree/entry.ts';
 
 /** Docker's PATH for images whose config sets none. */
 export const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
@@ -103,7 +103,7 @@ function xattrsJson(xattrs: readonly DroppedXattr[]): string {
 }
 
 /** Entries rampack adds; directories only where the image has none. */
-function addedEntries(tree: ReadonlyMap<string, TreeEntry>, options: InjectOptions, settings: ImageJson): TreeEntry[] {
+function addedEntries(tree: MergedTree, options: InjectOptions, settings: ImageJson): TreeEntry[] {
   const owner = { uid: 0, gid: 0, mtime: options.mtime };
   const added: TreeEntry[] = [];
   for (const [path, mode] of REQUIRED_DIRS) {
@@ -140,39 +140,80 @@ export interface InjectedTree {
  * the image's part can be archived and cached on its own.
  */
 export function injectAgent(entries: readonly TreeEntry[], options: InjectOptions): InjectedTree {
-  const tree = new Map(entries.map((entry) => [entry.path, entry]));
+  const tree = new MergedTree(entries, options.image.reference);
   const settings = imageJson(options);
   const added = addedEntries(tree, options, settings);
-  for (const entry of added) addEntry(tree, entry, options.image.reference);
+  for (const entry of added) tree.add(entry);
   // Only attributes of the image's own files that are still in the tree: never
   // those of files rampack replaced (an image's /init) or a recipe dropped.
-  const recordedXattrs = (options.droppedXattrs ?? []).filter((x) => {
-    const entry = tree.get(x.path);
-    return entry !== undefined && !added.includes(entry);
-  });
+  const recordedXattrs = (options.droppedXattrs ?? []).filter((x) => tree.isImageEntry(x.path));
   if (recordedXattrs.length > 0) {
     const data = Buffer.from(xattrsJson(recordedXattrs));
     const record: TreeEntry = { path: 'etc/rampack/xattrs.json', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: options.mtime, data };
-    addEntry(tree, record, options.image.reference);
+    tree.add(record);
     added.push(record);
   }
-  // `entries` is sorted, so the image's part keeps its order: no sort of the whole tree.
-  return {
-    image: entries.filter((entry) => tree.get(entry.path) === entry),
-    added: sortByTreePath(added),
-    imageJson: settings,
-    recordedXattrs,
-  };
+  return { image: tree.imageEntries(), added: sortByTreePath(added), imageJson: settings, recordedXattrs };
 }
 
-/** Puts an entry in the tree, replacing what was at its path (and that path's subtree). */
-function addEntry(tree: Map<string, TreeEntry>, entry: TreeEntry, reference: string): void {
-  if (tree.get(entry.path)?.type === 'dir') {
-    const prefix = `${entry.path}/`;
-    for (const path of tree.keys()) if (path.startsWith(prefix)) tree.delete(path);
+/**
+ * The image's sorted entries with a few entries added over them. Lookups are
+ * binary searches and a replaced subtree is one index range (walk order keeps
+ * a subtree together): no map of the whole tree for a handful of paths.
+ */
+class MergedTree {
+  readonly #image: readonly TreeEntry[];
+  readonly #reference: string;
+  readonly #added = new Map<string, TreeEntry>();
+  /** Index ranges [start, end) of image entries that added ones replaced. */
+  readonly #replaced: [start: number, end: number][] = [];
+
+  constructor(image: readonly TreeEntry[], reference: string) {
+    this.#image = image;
+    this.#reference = reference;
   }
-  if (entry.path.includes('/') && tree.get(parentPath(entry.path))?.type === 'symlink') {
-    throw new InputError(`image ${reference} has /${parentPath(entry.path)} as a symlink; rampack cannot add /${entry.path}`);
+
+  /** The entry at `path`: an added one, else the image's unless replaced. */
+  get(path: string): TreeEntry | undefined {
+    return this.#added.get(path) ?? this.#imageEntryAt(path)?.entry;
   }
-  tree.set(entry.path, entry);
+
+  /** Whether the image's own entry at `path` is still in the tree. */
+  isImageEntry(path: string): boolean {
+    return this.#imageEntryAt(path) !== undefined;
+  }
+
+  /** Puts an entry in the tree, replacing what was at its path (and that path's subtree). */
+  add(entry: TreeEntry): void {
+    if (entry.path.includes('/') && this.get(parentPath(entry.path))?.type === 'symlink') {
+      throw new InputError(`image ${this.#reference} has /${parentPath(entry.path)} as a symlink; rampack cannot add /${entry.path}`);
+    }
+    const existing = this.#imageEntryAt(entry.path);
+    if (existing !== undefined) {
+      const prefix = `${entry.path}/`;
+      let end = existing.index + 1;
+      while (this.#image[end]?.path.startsWith(prefix)) end++;
+      this.#replaced.push([existing.index, end]);
+    }
+    this.#added.set(entry.path, entry);
+  }
+
+  /** The image's entries that stay, in their order. */
+  imageEntries(): TreeEntry[] {
+    const ranges = [...this.#replaced].sort(([a], [b]) => a - b);
+    const kept: TreeEntry[] = [];
+    let next = 0;
+    for (const [start, end] of [...ranges, [this.#image.length, this.#image.length] as const]) {
+      for (let index = next; index < start; index++) kept.push(this.#image[index]!);
+      next = Math.max(next, end);
+    }
+    return kept;
+  }
+
+  #imageEntryAt(path: string): { entry: TreeEntry; index: number } | undefined {
+    const index = sortedIndexOf(this.#image, path);
+    const entry = this.#image[index];
+    if (entry?.path !== path || this.#replaced.some(([start, end]) => index >= start && index < end)) return undefined;
+    return { entry, index };
+  }
 }

@@ -53,13 +53,18 @@ export interface FootprintEntry {
   size: number;
 }
 
+/** Pages of RAM one entry's data takes: a regular file's data or a symlink's target, rounded up. */
+export function entryPageBytes(type: string, size: number): number {
+  if (type === 'symlink') return PAGE_BYTES;
+  return type === 'file' ? Math.ceil(size / PAGE_BYTES) * PAGE_BYTES : 0;
+}
+
 export function treeFootprint(entries: Iterable<FootprintEntry>): TreeFootprint {
   let pageBytes = 0;
   let count = 0;
   for (const entry of entries) {
     count += 1;
-    if (entry.type === 'symlink') pageBytes += PAGE_BYTES;
-    else if (entry.type === 'file') pageBytes += Math.ceil(entry.size / PAGE_BYTES) * PAGE_BYTES;
+    pageBytes += entryPageBytes(entry.type, entry.size);
   }
   return { pageBytes, entries: count };
 }

@@ -31,9 +31,12 @@ export function sizeByDirectory(files: Iterable<SizedFile>, depth: number): Dire
     totals.set(path, total);
   };
   for (const file of files) {
-    const parents = file.path.split('/').slice(0, -1);
-    if (parents.length === 0) add('/', file.size);
-    for (let level = 1; level <= Math.min(depth, parents.length); level++) add(`/${parents.slice(0, level).join('/')}`, file.size);
+    // Each level's directory is a prefix of the path, ending before a slash.
+    let slash = file.path.indexOf('/');
+    if (slash < 0) add('/', file.size);
+    for (let level = 1; level <= depth && slash >= 0; level++, slash = file.path.indexOf('/', slash + 1)) {
+      add(`/${file.path.slice(0, slash)}`, file.size);
+    }
   }
   return [...totals.values()].sort((a, b) => b.bytes - a.bytes || (a.path < b.path ? -1 : 1));
 }

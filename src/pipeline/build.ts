@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { checkAgentBinary } from '../agent/elf.ts';
 import { injectAgent, type DroppedXattr, type InjectedTree } from '../agent/inject.ts';
-import { treeFootprint } from '../boot/memory.ts';
+import { entryPageBytes, type TreeFootprint } from '../boot/memory.ts';
 import { bootRequirements } from '../boot/requirements.ts';
 import { describeCompressor, describeGunzip, fileExtension } from '../compress/index.ts';
 import { InputError } from '../errors.ts';
@@ -22,7 +22,7 @@ import { cellKey, type BuildTarget } from './target.ts';
 import { applyTreeOptions, extraFileReader } from './tree-options.ts';
 import { readTraceFile, type SlimTrace } from '../slim/trace-file.ts';
 import { bytePath, dataSize, displayPath, type TreeEntry } from '../tree/entry.ts';
-import { memoryBudgetWarning, sizeByDirectory } from '../inspect/size.ts';
+import { memoryBudgetWarning, sizeByDirectory, type DirectorySize, type SizedFile } from '../inspect/size.ts';
 import { INPUT_FILE_LIMITS, readInputFile } from '../util/input-file.ts';
 import { formatBytes, silentLogger, silentReporter, type BuildReporter, type Logger } from '../util/log.ts';
 import { imageArchive, type ImageArchive } from './image-part.ts';
@@ -166,19 +166,30 @@ function reportTree({ flat, injected }: ComposedTree, log: Logger, reporter: Bui
   reporter.end('flatten', `${injected.image.length + injected.added.length} entries`);
 }
 
-/** Each entry with the data bytes the kernel stores for it: a hard-link group's data once, on its first member. */
-function storedEntries(entries: readonly TreeEntry[]): { entry: TreeEntry; type: string; size: number; linked: boolean }[] {
+/**
+ * What a built tree costs a VM (boot/memory.ts) and its files' sizes, in one
+ * pass: a hard-link group's data counts once, on its first member. Paths stay
+ * byte strings; only the directories shown are turned into text.
+ */
+function treeCost(entries: readonly TreeEntry[]): { footprint: TreeFootprint; files: SizedFile[] } {
   const seenInodes = new Set<number>();
-  return entries.map((entry) => {
+  const files: SizedFile[] = [];
+  let pageBytes = 0;
+  for (const entry of entries) {
     const linked = entry.inode !== undefined && seenInodes.has(entry.inode);
     if (entry.inode !== undefined) seenInodes.add(entry.inode);
-    return { entry, type: entry.type, size: linked ? 0 : dataSize(entry), linked };
-  });
+    const size = linked ? 0 : dataSize(entry);
+    pageBytes += entryPageBytes(entry.type, size);
+    if (entry.type === 'file' && !linked) files.push({ path: entry.path, size });
+  }
+  return { footprint: { pageBytes, entries: entries.length }, files };
 }
 
-/** File sizes of a tree, each hard-link group counted once. */
-function treeFiles(stored: ReturnType<typeof storedEntries>): { path: string; size: number }[] {
-  return stored.filter(({ type, linked }) => type === 'file' && !linked).map(({ entry, size }) => ({ path: displayPath(entry.path), size }));
+/** The largest directories two levels deep, named as text. */
+function largestDirectories(files: readonly SizedFile[]): DirectorySize[] {
+  return sizeByDirectory(files, 2)
+    .slice(0, 5)
+    .map((directory) => ({ ...directory, path: displayPath(directory.path) }));
 }
 
 function warnDroppedXattrs(xattrs: readonly DroppedXattr[], log: Logger, label: string): void {
@@ -247,10 +258,10 @@ export async function buildTarget(target: BuildTarget, options: BuildOptions): P
   const reused = written.unchanged ? ', file unchanged' : base.fromCache ? ', image part from cache' : '';
   reporter.end('compress', `${formatBytes(written.uncompressedBytes)} -> ${formatBytes(written.size)} (${target.compression}, ${ratio}x${reused})`);
   options.log.info(`${label}: wrote ${file} (${entries.length} entries, ${written.uncompressedBytes} -> ${written.size} bytes${reused})`);
-  const stored = storedEntries(entries);
-  const directories = sizeByDirectory(treeFiles(stored), 2).slice(0, 5);
+  const cost = treeCost(entries);
+  const directories = largestDirectories(cost.files);
   options.log.debug(`${label}: largest directories: ${directories.map((dir) => `${dir.path} ${formatBytes(dir.bytes)}`).join(', ')}`);
-  const boot = bootRequirements({ arch: target.arch, compression: target.compression, compressedBytes: written.size, tree: treeFootprint(stored) });
+  const boot = bootRequirements({ arch: target.arch, compression: target.compression, compressedBytes: written.size, tree: cost.footprint });
   // What the image costs a VM: the unpacked bytes live in guest RAM, so they decide its memory and cold start.
   options.log.info(`${label}: ${formatBytes(written.uncompressedBytes)} unpacked, boots in ${boot.minMemoryMiB} MiB (boot.minMemoryMiB with ${boot.cmdline})`);
   if (target.memoryBudget !== undefined) {

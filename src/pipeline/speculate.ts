@@ -12,7 +12,7 @@
  * it needs. A wrong guess (a layer in another order, a late whiteout, a
  * symlinked parent) costs the CPU it took, never correctness.
  */
-import { compareTreePaths, parentPath, SLASH_CODE, storedSize, type FileRange, type TreeEntry } from '../tree/entry.ts';
+import { compareTreePaths, parentPath, SLASH_CODE, sortedIndexOf, storedSize, type FileRange, type TreeEntry } from '../tree/entry.ts';
 import type { LayerEntry } from '../tar/tar-index.ts';
 import type { LayerProgress, UnpackedLayer } from '../layers/unpack.ts';
 import type { EarlyShards } from './image-part.ts';
@@ -288,14 +288,3 @@ function isReadable(entry: TreeEntry, readable: ReadonlyMap<string, number>): bo
   return bytes === undefined || data.offset + storedSize(data) <= bytes;
 }
 
-/** How many of the sorted entries come before `path`. */
-function sortedIndexOf(entries: readonly { path: string }[], path: string): number {
-  let low = 0;
-  let high = entries.length;
-  while (low < high) {
-    const middle = (low + high) >>> 1;
-    if (compareTreePaths(entries[middle]!.path, path) < 0) low = middle + 1;
-    else high = middle;
-  }
-  return low;
-}

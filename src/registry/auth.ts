@@ -11,7 +11,7 @@ import { RegistryError } from '../errors.ts';
 import { discardBody } from './body.ts';
 import type { CredentialLookup, Credentials } from './credentials.ts';
 import { checkTransient, withRetries, type RetryPolicy } from './retry.ts';
-import type { Transport } from './transport.ts';
+import type { HttpResponse, Transport } from './transport.ts';
 
 export interface Challenge {
   scheme: string;
@@ -140,7 +140,7 @@ export class Authorizer {
   }
 
   /** The OAuth2 flow: POST grant_type=password or refresh_token, secrets in the form body. */
-  private postForToken(request: { realm: URL; service?: string; scopes: string[] }, credentials: Credentials, what: string): Promise<Response> {
+  private postForToken(request: { realm: URL; service?: string; scopes: string[] }, credentials: Credentials, what: string): Promise<HttpResponse> {
     const form = new URLSearchParams({ client_id: CLIENT_ID });
     if (request.service) form.set('service', request.service);
     form.set('scope', request.scopes.join(' '));
@@ -157,7 +157,7 @@ export class Authorizer {
   }
 
   /** The classic flow: GET realm?service=..&scope=.. with Basic credentials, or anonymously. */
-  private getToken(request: { realm: URL; service?: string; scopes: string[] }, credentials: Credentials | undefined, what: string): Promise<Response> {
+  private getToken(request: { realm: URL; service?: string; scopes: string[] }, credentials: Credentials | undefined, what: string): Promise<HttpResponse> {
     const url = new URL(request.realm);
     if (request.service) url.searchParams.set('service', request.service);
     for (const scope of request.scopes) url.searchParams.append('scope', scope);
@@ -166,7 +166,7 @@ export class Authorizer {
     return this.sendWithRetries(url, { headers }, what);
   }
 
-  private sendWithRetries(url: URL, init: Parameters<Transport['send']>[1], what: string): Promise<Response> {
+  private sendWithRetries(url: URL, init: Parameters<Transport['send']>[1], what: string): Promise<HttpResponse> {
     return withRetries(this.options.retry, { what, hint: TOKEN_HINT }, async () => checkTransient(await this.options.transport.send(url, init), url.origin));
   }
 

@@ -19,7 +19,7 @@ import { Authorizer, parseChallenge } from './auth.ts';
 import { discardBody } from './body.ts';
 import type { CredentialLookup } from './credentials.ts';
 import { checkTransient, describeNetworkError, TransientError, withRetries, type RetryPolicy } from './retry.ts';
-import { PlainHttpServerError, type Transport } from './transport.ts';
+import { PlainHttpServerError, type HttpResponse, type Transport } from './transport.ts';
 
 const MAX_REDIRECTS = 5;
 const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
@@ -55,13 +55,13 @@ export interface RegistryRequest {
 }
 
 /** Whether a 206 continues at `offset`: `Content-Range: bytes <offset>-<last>/<size|*>`. */
-function continuesAt(response: Response, offset: number): boolean {
+function continuesAt(response: HttpResponse, offset: number): boolean {
   const range = response.headers.get('content-range')?.match(/^bytes (\d+)-\d+\/(?:\d+|\*)$/);
   return response.status === 206 && Number(range?.[1]) === offset;
 }
 
 /** Docker Hub's `ratelimit-remaining: 42;w=21600`: the number before the window. */
-function rateLimitCount(headers: Headers, name: string): number | undefined {
+function rateLimitCount(headers: HttpResponse['headers'], name: string): number | undefined {
   const value = Number.parseInt(headers.get(name) ?? '', 10);
   return Number.isNaN(value) ? undefined : value;
 }
@@ -70,7 +70,7 @@ function rateLimitCount(headers: Headers, name: string): number | undefined {
 const RATE_LIMIT_WARNING_FRACTION = 0.1;
 
 /** Reads a whole (small) body, refusing more than `limit` bytes. */
-export async function readBody(response: Response, limit: number, what: string): Promise<Buffer> {
+export async function readBody(response: HttpResponse, limit: number, what: string): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let length = 0;
   for await (const chunk of response.body ?? []) {
@@ -85,7 +85,7 @@ export async function readBody(response: Response, limit: number, what: string):
 }
 
 /** "CODE: message" of the distribution error body, when there is one. */
-async function errorDetail(response: Response): Promise<string> {
+async function errorDetail(response: HttpResponse): Promise<string> {
   try {
     const body = JSON.parse((await readBody(response, ERROR_BODY_LIMIT, 'error body')).toString('utf8')) as {
       errors?: { code?: string; message?: string }[];
@@ -124,7 +124,7 @@ export class RegistryClient {
    * run inside the retry loop, so a body cut off mid-transfer is fetched
    * again, and inside one of the registry's request slots.
    */
-  async get<T>(request: RegistryRequest, consume: (response: Response) => Promise<T>): Promise<T> {
+  async get<T>(request: RegistryRequest, consume: (response: HttpResponse) => Promise<T>): Promise<T> {
     await this.pinged();
     const hint = `check that ${this.image.registry} is reachable and retry; the registry may be overloaded or down`;
     return withRetries(this.options.retry, { what: request.what, hint }, () =>
@@ -167,7 +167,7 @@ export class RegistryClient {
   }
 
   /** Warns once when Docker Hub's announced pull allowance runs low. */
-  private watchRateLimit(headers: Headers): void {
+  private watchRateLimit(headers: HttpResponse['headers']): void {
     const limit = rateLimitCount(headers, 'ratelimit-limit');
     const remaining = rateLimitCount(headers, 'ratelimit-remaining');
     if (this.rateLimitWarned || limit === undefined || remaining === undefined || remaining > limit * RATE_LIMIT_WARNING_FRACTION) return;
@@ -197,7 +197,7 @@ export class RegistryClient {
   }
 
   /** GET /v2/ over HTTPS, or over HTTP when the server does not speak TLS and may be trusted without it. */
-  private async pingOnce(): Promise<Response> {
+  private async pingOnce(): Promise<HttpResponse> {
     try {
       return await this.send(new URL('/v2/', this.origin), {});
     } catch (error) {
@@ -215,7 +215,7 @@ export class RegistryClient {
   }
 
   /** One GET with the current authorization, renewed once if the registry challenges it. */
-  private async sendAuthorized(request: RegistryRequest): Promise<Response> {
+  private async sendAuthorized(request: RegistryRequest): Promise<HttpResponse> {
     const url = new URL(request.path, this.origin);
     const headers = () => ({ ...(request.accept ? { accept: request.accept } : {}), ...request.headers?.() });
     const response = await this.send(url, headers(), await this.auth.header());
@@ -225,7 +225,7 @@ export class RegistryClient {
   }
 
   /** Sends a GET, following redirects with Authorization kept to the registry's origin. */
-  private async send(start: URL, headers: Record<string, string>, authorization?: string): Promise<Response> {
+  private async send(start: URL, headers: Record<string, string>, authorization?: string): Promise<HttpResponse> {
     let url = start;
     for (let hop = 0; ; hop++) {
       const sameOrigin = url.origin === this.origin;
@@ -247,7 +247,7 @@ export class RegistryClient {
     }
   }
 
-  private async failure(response: Response, request: RegistryRequest): Promise<RampackError> {
+  private async failure(response: HttpResponse, request: RegistryRequest): Promise<RampackError> {
     const { registry } = this.image;
     if (response.status === 401 || response.status === 403) {
       discardBody(response);
@@ -273,7 +273,7 @@ export class RegistryClient {
    * the caller knows which steps of an upload may be repeated. Transient
    * answers throw TransientError, answers outside `expect` the usual errors.
    */
-  async exchange(request: RegistryRequest & { method: string; body?: Uint8Array; expect: readonly number[] }): Promise<Response> {
+  async exchange(request: RegistryRequest & { method: string; body?: Uint8Array; expect: readonly number[] }): Promise<HttpResponse> {
     await this.pinged();
     return this.options.transport.limited(this.image.host, async () => {
       const url = new URL(request.path, this.origin);

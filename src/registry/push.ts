@@ -18,6 +18,7 @@ import { digestHex, sha256Digest } from '../util/digest.ts';
 import { discardBody } from './body.ts';
 import { readBody, RegistryClient } from './client.ts';
 import { withRetries, type RetryPolicy } from './retry.ts';
+import type { HttpResponse } from './transport.ts';
 import { registryClientOptions, type RegistryOptions } from './store.ts';
 
 export interface PushOptions extends Omit<RegistryOptions, 'cache' | 'onBlobBytes'> {
@@ -42,7 +43,7 @@ const INDEX_TYPES = new Set<string>([MediaType.ociIndex, MediaType.dockerManifes
 const RELATIVE_BASE = 'http://relative.invalid';
 
 /** The upload URL to continue at: `Location` resolved against the previous one, kept relative if it was. */
-function nextLocation(response: Response, previous: string, what: string): string {
+function nextLocation(response: HttpResponse, previous: string, what: string): string {
   const location = response.headers.get('location');
   if (!location) throw new RegistryError(`${what}: the registry answered HTTP ${response.status} without a Location for the upload`);
   const next = new URL(location, new URL(previous, RELATIVE_BASE));
@@ -54,7 +55,7 @@ function withDigest(location: string, digest: string): string {
 }
 
 /** A registry that reports a different digest for what it stored has stored something else. */
-function checkStoredDigest(response: Response, digest: string, what: string): void {
+function checkStoredDigest(response: HttpResponse, digest: string, what: string): void {
   const stored = response.headers.get('docker-content-digest');
   if (stored !== null && stored !== digest) {
     throw new RegistryError(`${what}: the registry stored digest ${stored}, expected ${digest}`, {
@@ -187,7 +188,7 @@ export class RegistryPusher {
   }
 
   /** POST to the uploads endpoint: 201 when a mount succeeded, else 202 with the upload's Location. */
-  private async startUpload({ digest }: Descriptor, mountFrom: string | undefined, what: string): Promise<Response> {
+  private async startUpload({ digest }: Descriptor, mountFrom: string | undefined, what: string): Promise<HttpResponse> {
     const mount = mountFrom === undefined ? '' : `?mount=${encodeURIComponent(digest)}&from=${encodeURIComponent(mountFrom)}`;
     const response = await this.client.exchange({
       method: 'POST',

@@ -8,6 +8,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { RegistryError } from '../errors.ts';
 import { discardBody } from './body.ts';
+import type { HttpResponse } from './transport.ts';
 
 export const DEFAULT_MAX_ATTEMPTS = 5;
 export const DEFAULT_BASE_DELAY_MS = 500;
@@ -56,7 +57,7 @@ function parseRetryAfter(value: string | null): number | undefined {
 }
 
 /** Throws a TransientError for a response worth retrying; returns it otherwise. */
-export function checkTransient(response: Response, what: string): Response {
+export function checkTransient(response: HttpResponse, what: string): HttpResponse {
   if (!RETRYABLE_STATUSES.has(response.status)) return response;
   discardBody(response);
   throw new TransientError(`${what} answered HTTP ${response.status} ${response.statusText}`.trimEnd(), {

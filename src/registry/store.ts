@@ -13,7 +13,7 @@ import { readBody, RegistryClient, type ClientOptions, type RegistryRequest } fr
 import { credentialLookup } from './credentials.ts';
 import { CacheDownload } from './follow.ts';
 import { DEFAULT_MAX_ATTEMPTS } from './retry.ts';
-import { sharedTransport, type TransportOptions } from './transport.ts';
+import { sharedTransport, type HttpResponse, type TransportOptions } from './transport.ts';
 
 export interface RegistryOptions extends TransportOptions {
   /** The cache blobs are downloaded into (cache/cache.ts). */
@@ -40,7 +40,7 @@ function isForeign(descriptor: Descriptor): boolean {
   return (descriptor.urls?.length ?? 0) > 0 || /foreign|nondistributable/.test(descriptor.mediaType);
 }
 
-function servedMediaType(response: Response): string | undefined {
+function servedMediaType(response: HttpResponse): string | undefined {
   return response.headers.get('content-type')?.split(';')[0]!.trim() || undefined;
 }
 

@@ -3,14 +3,14 @@
  * fetch takes neither per-host TLS settings nor the proxy variables without
  * the undici package, while node's Agent does both: `proxyEnv` (HTTP_PROXY,
  * HTTPS_PROXY, NO_PROXY; CONNECT tunnels for HTTPS), `ca` and
- * `rejectUnauthorized`. Answers come back as WHATWG Responses, so callers read
- * them as they would fetch's.
+ * `rejectUnauthorized`. Answers come back as HttpResponse, the part of fetch's
+ * Response that callers read, without loading fetch's implementation.
  *
  * Every request has a stall watchdog: no connection, no headers or no body
  * bytes for `stallTimeoutMs` aborts it, so a server that stops sending cannot
  * hang a build forever.
  */
-import { Agent as HttpAgent, request as httpRequest, type ClientRequest, type IncomingMessage } from 'node:http';
+import type { Agent as HttpAgent, ClientRequest, IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
 import { rootCertificates } from 'node:tls';
@@ -18,6 +18,13 @@ import { InputError, RegistryError } from '../errors.ts';
 import { isLoopbackRegistry } from '../oci/reference.ts';
 import { INPUT_FILE_LIMITS, readInputTextSync } from '../util/input-file.ts';
 import { TransientError } from './retry.ts';
+
+/**
+ * Not an ESM import: making node:http's module namespace runs its lazy
+ * WebSocket getters, which load undici (fetch's implementation), ~20 ms of
+ * CPU on every run for nothing rampack uses.
+ */
+const http = process.getBuiltinModule('node:http');
 
 export const DEFAULT_STALL_TIMEOUT_MS = 30_000;
 /** Concurrent requests per registry host: enough to fill a link, few enough not to be throttled. */
@@ -100,7 +107,7 @@ export class Transport {
     const proxyEnv = options.proxyEnv ?? process.env;
     checkProxySupport(proxyEnv);
     const ca = options.caFile ? [...rootCertificates, readCaFile(options.caFile)] : undefined;
-    this.httpAgent = new HttpAgent({ keepAlive: true, proxyEnv });
+    this.httpAgent = new http.Agent({ keepAlive: true, proxyEnv });
     this.verifyingAgent = new HttpsAgent({ keepAlive: true, proxyEnv, ca });
     this.trustingAgent = new HttpsAgent({ keepAlive: true, proxyEnv, rejectUnauthorized: false });
   }
@@ -128,12 +135,12 @@ export class Transport {
   }
 
   /** Sends one request; rejects with TransientError (network), RegistryError (TLS trust) or PlainHttpServerError. */
-  send(url: URL, options: SendOptions = {}): Promise<Response> {
+  send(url: URL, options: SendOptions = {}): Promise<HttpResponse> {
     const method = options.method ?? 'GET';
     const https = url.protocol === 'https:';
     const agent = !https ? this.httpAgent : this.isInsecure(url.host) ? this.trustingAgent : this.verifyingAgent;
     return new Promise((resolve, reject) => {
-      const request = (https ? httpsRequest : httpRequest)(url, { method, headers: options.headers, agent });
+      const request = (https ? httpsRequest : http.request)(url, { method, headers: options.headers, agent });
       const stall = this.watchdog(request, url);
       request.on('error', (error: NodeJS.ErrnoException) => {
         clearTimeout(stall.timer);
@@ -220,17 +227,73 @@ interface Stall {
   error(): TransientError;
 }
 
-function toResponse(incoming: IncomingMessage, method: string, stall: Stall): Response {
-  const headers = new Headers();
-  const raw = incoming.rawHeaders;
-  for (let index = 0; index < raw.length; index += 2) headers.append(raw[index]!, raw[index + 1]!);
-  const status = incoming.statusCode ?? 0;
-  if (method === 'HEAD' || NULL_BODY_STATUSES.has(status)) {
+/**
+ * What the registry client reads of an HTTP answer: the part of fetch's
+ * Response it uses, so a real Response fits too (tests build them). Node's
+ * Response is undici's, whose loading alone costs every run ~20 ms of CPU.
+ */
+export interface HttpResponse {
+  readonly status: number;
+  readonly statusText: string;
+  /** 2xx. */
+  readonly ok: boolean;
+  readonly headers: { get(name: string): string | null };
+  readonly body: ReadableStream<Uint8Array> | null;
+  text(): Promise<string>;
+}
+
+/** HTTP whitespace around a header value, which fetch's Headers strips too. */
+const VALUE_PADDING = /^[\t\n\r ]+|[\t\n\r ]+$/g;
+
+/** Header values by lower-case name; a repeated header's values joined with ", ", as in fetch's Headers. */
+class ResponseHeaders {
+  readonly #values = new Map<string, string>();
+
+  constructor(raw: readonly string[]) {
+    for (let index = 0; index < raw.length; index += 2) {
+      const name = raw[index]!.toLowerCase();
+      const value = raw[index + 1]!.replace(VALUE_PADDING, '');
+      const earlier = this.#values.get(name);
+      this.#values.set(name, earlier === undefined ? value : `${earlier}, ${value}`);
+    }
+  }
+
+  get(name: string): string | null {
+    return this.#values.get(name.toLowerCase()) ?? null;
+  }
+}
+
+class IncomingResponse implements HttpResponse {
+  readonly status: number;
+  readonly statusText: string;
+  readonly headers: ResponseHeaders;
+  readonly body: ReadableStream<Uint8Array> | null;
+
+  constructor(incoming: IncomingMessage, body: ReadableStream<Uint8Array> | null) {
+    this.status = incoming.statusCode ?? 0;
+    this.statusText = incoming.statusMessage ?? '';
+    this.headers = new ResponseHeaders(incoming.rawHeaders);
+    this.body = body;
+  }
+
+  get ok(): boolean {
+    return this.status >= 200 && this.status <= 299;
+  }
+
+  async text(): Promise<string> {
+    const chunks: Uint8Array[] = [];
+    for await (const chunk of this.body ?? []) chunks.push(chunk);
+    return Buffer.concat(chunks).toString('utf8');
+  }
+}
+
+function toResponse(incoming: IncomingMessage, method: string, stall: Stall): HttpResponse {
+  if (method === 'HEAD' || NULL_BODY_STATUSES.has(incoming.statusCode ?? 0)) {
     clearTimeout(stall.timer);
     incoming.resume();
-    return new Response(null, { status, statusText: incoming.statusMessage, headers });
+    return new IncomingResponse(incoming, null);
   }
-  return new Response(watchedBody(incoming, stall), { status, statusText: incoming.statusMessage, headers });
+  return new IncomingResponse(incoming, watchedBody(incoming, stall));
 }
 
 /**

@@ -164,6 +164,18 @@ export function compareTreePaths(a: string, b: string): number {
   return a.length - b.length;
 }
 
+/** How many of the entries, sorted in compareTreePaths order, come before `path`. */
+export function sortedIndexOf(entries: readonly { readonly path: string }[], path: string): number {
+  let low = 0;
+  let high = entries.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (compareTreePaths(entries[middle]!.path, path) < 0) low = middle + 1;
+    else high = middle;
+  }
+  return low;
+}
+
 /** Entries in compareTreePaths order; faster than sorting with it, as "/" is made the lowest char once per path. */
 export function sortByTreePath<T extends { readonly path: string }>(entries: Iterable<T>): T[] {
   const keyed = Array.from(entries, (entry) => ({ key: entry.path.replaceAll('/', '\0'), entry }));

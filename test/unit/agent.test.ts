@@ -4,8 +4,9 @@ import { checkAgentBinary, readElfInfo } from '../../src/agent/elf.ts';
 import { DEFAULT_PATH, injectAgent, mergeEnv, type InjectOptions } from '../../src/agent/inject.ts';
 import { InputError } from '../../src/errors.ts';
 import type { ResolvedImage } from '../../src/oci/content.ts';
-import type { TreeEntry } from '../../src/tree/entry.ts';
+import { parentPath, sortByTreePath, type TreeEntry } from '../../src/tree/entry.ts';
 import { buildTestAgent } from '../helpers/agent.ts';
+import { seededRandom } from '../helpers/random.ts';
 
 /** A minimal ELF64 header with the given machine, as a cross-compiler would emit it. */
 function elfHeader(machine: number, elfClass = 2): Buffer {
@@ -88,7 +89,68 @@ describe('agent injection', () => {
     expect(() => injectAgent([file('dev')], options())).toThrow('has a file at /dev, where the initramfs needs a directory');
   });
 
+  it('merges like a map of the whole tree would, on random trees around the paths it adds', () => {
+    // Names next to the added ones in walk order ("init!" sorts between "init" and its subtree's end) probe the range arithmetic.
+    const names = ['dev', 'console', 'etc', 'rampack', 'image.json', 'xattrs.json', 'init', 'init!', 'init-x', 'tmp', 'a'];
+    for (let seed = 1; seed <= 400; seed++) {
+      const random = seededRandom(seed);
+      const pick = <T,>(list: readonly T[]): T => list[Math.floor(random() * list.length)]!;
+      const tree = new Map<string, TreeEntry>();
+      const grow = (parent: string, depth: number) => {
+        for (let i = 0, count = Math.floor(random() * 4); i < count; i++) {
+          const path = parent ? `${parent}/${pick(names)}` : pick(names);
+          if (tree.has(path)) continue;
+          const kind = depth < 3 ? pick(['dir', 'dir', 'file', 'symlink'] as const) : 'file';
+          if (kind === 'dir') tree.set(path, dir(path));
+          else if (kind === 'file') tree.set(path, file(path));
+          else tree.set(path, { path, type: 'symlink', mode: 0o777, uid: 0, gid: 0, mtime: 1, linkTarget: 'a' });
+          if (kind === 'dir') grow(path, depth + 1);
+        }
+      };
+      grow('', 0);
+      const entries = sortByTreePath(tree.values());
+      const droppedXattrs = entries.filter(() => random() < 0.2).map((entry) => ({ path: entry.path, name: 'user.x', value: Buffer.from('v') }));
+      const outcome = (inject: typeof injectAgent) => {
+        try {
+          const { image: kept, added, recordedXattrs } = inject(entries, options({ droppedXattrs }));
+          return { kept: kept.map((e) => e.path), added: added.map((e) => e.path), xattrs: recordedXattrs.map((x) => x.path) };
+        } catch (error) {
+          return { error: (error as Error).message };
+        }
+      };
+      expect(outcome(injectAgent), `seed ${seed}`).toEqual(outcome(injectWithMap));
+    }
+  });
+
   it('keeps the image PATH when it has one', () => {
     expect(mergeEnv(['PATH=/go/bin', 'A=1'], ['A=2'])).toEqual(['PATH=/go/bin', 'A=2']);
   });
 });
+
+/** The merge spelled out with a map of the whole tree: the reference the binary-search merge must agree with. */
+function injectWithMap(entries: readonly TreeEntry[], injectOptions: InjectOptions): ReturnType<typeof injectAgent> {
+  const tree = new Map(entries.map((entry) => [entry.path, entry]));
+  const empty = injectAgent([], injectOptions);
+  const added = empty.added.filter((entry) => entry.path !== 'etc/rampack/xattrs.json' && (entry.type !== 'dir' || !tree.has(entry.path)));
+  for (const path of ['dev', 'etc', 'etc/rampack', 'proc', 'root', 'run', 'sys', 'tmp']) {
+    const existing = tree.get(path);
+    if (existing !== undefined && existing.type !== 'dir' && existing.type !== 'symlink') {
+      throw new InputError(`image ${injectOptions.image.reference} has a ${existing.type} at /${path}, where the initramfs needs a directory`);
+    }
+  }
+  const put = (entry: TreeEntry) => {
+    if (tree.get(entry.path)?.type === 'dir') for (const path of [...tree.keys()]) if (path.startsWith(`${entry.path}/`)) tree.delete(path);
+    if (entry.path.includes('/') && tree.get(parentPath(entry.path))?.type === 'symlink') {
+      throw new InputError(`image ${injectOptions.image.reference} has /${parentPath(entry.path)} as a symlink; rampack cannot add /${entry.path}`);
+    }
+    tree.set(entry.path, entry);
+  };
+  for (const entry of sortByTreePath(added)) put(entry);
+  const recordedXattrs = (injectOptions.droppedXattrs ?? []).filter((x) => tree.get(x.path) !== undefined && !added.includes(tree.get(x.path)!));
+  if (recordedXattrs.length > 0) {
+    const record: TreeEntry = { path: 'etc/rampack/xattrs.json', type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 42 };
+    put(record);
+    added.push(record);
+  }
+  return { image: entries.filter((entry) => tree.get(entry.path) === entry), added: sortByTreePath(added), imageJson: empty.imageJson, recordedXattrs };
+}
