@@ -7,7 +7,10 @@
  * regresses" is checked on a noisy machine, where absolute figures from two
  * days cannot be compared (docs/performance.md).
  *
- *   node scripts/bench/compare.ts REV [--rounds N] [--pause SECONDS] [--codec gzip,zstd]
+ *   node scripts/bench/compare.ts REV [--rounds N] [--warm-repeats N] [--pause SECONDS] [--codec gzip,zstd]
+ *
+ * Warm builds take half a second, so each round times them --warm-repeats
+ * times (default 3): one sample of a short run says little on a shared machine.
  *
  * REV is checked out into a temporary git worktree and built there (`npm ci`).
  */
@@ -23,12 +26,13 @@ import { BENCH_TAG, benchImageLayout } from './image.ts';
 
 const { values: flags, positionals } = parseArgs({
   allowPositionals: true,
-  options: { rounds: { type: 'string', default: '3' }, pause: { type: 'string', default: '5' }, codec: { type: 'string', default: 'gzip,zstd' } },
+  options: { rounds: { type: 'string', default: '3' }, 'warm-repeats': { type: 'string', default: '3' }, pause: { type: 'string', default: '5' }, codec: { type: 'string', default: 'gzip,zstd' } },
 });
 const revision = positionals[0];
-if (revision === undefined) throw new Error('usage: node scripts/bench/compare.ts REV [--rounds N] [--pause SECONDS] [--codec gzip,zstd]');
+if (revision === undefined) throw new Error('usage: node scripts/bench/compare.ts REV [--rounds N] [--warm-repeats N] [--pause SECONDS] [--codec gzip,zstd]');
 const codecs = flags.codec.split(',');
 const RUNS = ['cold', 'warm, nothing changed', 'warm, agent changed'] as const;
+const warmRepeats = Number(flags['warm-repeats']);
 
 const work = mkdtempSync(join(tmpdir(), 'rampack-bench-compare-'));
 
@@ -72,9 +76,11 @@ try {
         rmSync(cache, { recursive: true, force: true });
         copyFileSync(agent, changedAgent);
         for (const run of RUNS) {
-          if (run === 'warm, agent changed') appendFileSync(changedAgent, Buffer.from([round]));
           const key = `${codec}|${run}|${checkout === REPO_ROOT ? 'this' : 'baseline'}`;
-          samples.set(key, [...(samples.get(key) ?? []), timedBuild(checkout, image, run === 'warm, agent changed' ? changedAgent : agent, codec, cache)]);
+          for (let repeat = 0; repeat < (run === 'cold' ? 1 : warmRepeats); repeat++) {
+            if (run === 'warm, agent changed') appendFileSync(changedAgent, Buffer.from([repeat]));
+            samples.set(key, [...(samples.get(key) ?? []), timedBuild(checkout, image, run === 'warm, agent changed' ? changedAgent : agent, codec, cache)]);
+          }
         }
       }
     }
@@ -94,4 +100,4 @@ for (const codec of codecs) {
     lines.push(`| ${codec} | ${run} | ${cpu[0].toFixed(2)} | ${cpu[1].toFixed(2)} | ${(cpu[1] / cpu[0]).toFixed(2)}x | ${wall[0].toFixed(2)} | ${wall[1].toFixed(2)} |`);
   }
 }
-process.stdout.write(`${lines.join('\n')}\n\nMedians of ${flags.rounds} alternating rounds, each build after \`sync\` and a ${flags.pause} s pause.\n`);
+process.stdout.write(`${lines.join('\n')}\n\nMedians of ${flags.rounds} alternating rounds (warm builds ${warmRepeats} times a round), each build after \`sync\` and a ${flags.pause} s pause.\n`);
