@@ -229,7 +229,7 @@ interface Stall {
 
 /**
  * What the registry client reads of an HTTP answer: the part of fetch's
- * Response it uses, so a real Response fits too (tests build them). Node's
+ * Response it uses, so a real Response fits it too. Node's
  * Response is undici's, whose loading alone costs every run ~20 ms of CPU.
  */
 export interface HttpResponse {
